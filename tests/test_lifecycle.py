@@ -1,0 +1,30 @@
+"How clients stop: from sync code, from async code, with requests in flight, and twice."
+import asyncio
+
+import pytest
+from jupyter_client.session import Session
+
+from conkernelclient import ChannelsClosedError, ConKernelManager
+
+
+@pytest.mark.timeout(60)
+def test_stop_channels_from_sync_code():
+    "jupyter_client lets sync code call `stop_channels()` with no loop running: everything closes, waiters fail"
+    loop = asyncio.new_event_loop()
+    km = ConKernelManager(session=Session(key=b'x'))
+    loop.run_until_complete(km.start_kernel())
+    try:
+        async def start(): return await km.client().start_channels()
+        kc = loop.run_until_complete(start())
+        async def send(): return kc.execute('import time; time.sleep(0.5)', reply=True)
+        fut = loop.run_until_complete(send())
+        kc.stop_channels()
+        assert not kc.channels_running
+        assert all(ch.socket is None for ch in kc.routed)
+        assert isinstance(fut.exception(), ChannelsClosedError)
+        readers = [ch.reader for ch in kc.routed]
+        loop.run_until_complete(asyncio.wait(readers))
+        assert all(r.done() for r in readers)
+    finally:
+        loop.run_until_complete(km.shutdown_kernel(now=True))
+        loop.close()
