@@ -16,10 +16,6 @@ from conkernelclient.blocking import ConBlockingKernelClient
 from conkernelclient.core import ConKernelManager
 
 FLAVOURS = ('vanilla', 'con')
-ROUTED_EI = ("ConKernelClient inherits jupyter_client's execute_interactive, which polls the iopub and stdin sockets "
-             "that the routed readers own, so it misses its own messages; needs a routed execute_interactive in core")
-# both flavours, ours expected to fail; strictly, so the mark must go once core routes execute_interactive
-UNTIL_ROUTED_EI = ['vanilla', pytest.param('con', marks=pytest.mark.xfail(reason=ROUTED_EI, strict=True))]
 
 
 @pytest.fixture(scope='module')
@@ -244,7 +240,7 @@ async def interact(kc, code:str, stdin_answer:str|None=None) -> tuple:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize('flavour', UNTIL_ROUTED_EI)
+@pytest.mark.parametrize('flavour', FLAVOURS)
 async def test_execute_interactive(clients, kms, flavour):
     "`execute_interactive` passes the request's iopub messages to `output_hook` and its input requests to `stdin_hook`"
     kc = (await clients(flavour))[flavour]
@@ -257,7 +253,7 @@ async def test_execute_interactive(clients, kms, flavour):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize('flavour', UNTIL_ROUTED_EI)
+@pytest.mark.parametrize('flavour', FLAVOURS)
 def test_blocking_execute_interactive(kms, aio_loop, flavour):
     "The blocking clients' `execute_interactive`, with a `stdin_hook` that answers through the client: vanilla's `BlockingKernelClient` and ours"
     client_class = {'vanilla': BlockingKernelClient, 'con': ConBlockingKernelClient}[flavour]
@@ -280,7 +276,7 @@ def test_blocking_execute_interactive(kms, aio_loop, flavour):
 @pytest.mark.parametrize('flavour', [
     pytest.param('vanilla', marks=pytest.mark.xfail(strict=True, reason=(
         "jupyter_client's execute_interactive reads iopub itself and drops every message that is not its own"))),
-    pytest.param('con', marks=pytest.mark.xfail(strict=True, reason=ROUTED_EI))])
+    'con'])
 async def test_execute_interactive_leaves_other_output(clients, flavour):
     "Output of another request, sent just before `execute_interactive`, is still there for `get_iopub_msg` afterwards"
     kc = (await clients(flavour))[flavour]
@@ -307,7 +303,6 @@ async def test_wrappers_concurrent_with_routed(connect):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(reason=ROUTED_EI, strict=True)
 async def test_execute_interactive_concurrent_with_routed(connect):
     "Several `execute_interactive` calls and routed executes in flight at once: each hook sees only its own request's output"
     kc = await connect()
