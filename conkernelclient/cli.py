@@ -1,4 +1,4 @@
-"""The `conkernelclient` command: run code snippets on a Jupyter kernel at the same time, and print each result as it completes
+"""The `conkernelclient` command: run code snippets on a Jupyter kernel at the same time, and stream each one's output as it arrives
 
 Docs: https://conkernelclient.github.io/conkernelclient/cli.html.md"""
 
@@ -6,22 +6,23 @@ Docs: https://conkernelclient.github.io/conkernelclient/cli.html.md"""
 
 # %% ../nbs/01_cli.ipynb #916a71d8
 from __future__ import annotations
-import argparse, asyncio, json, logging, sys, textwrap, time
+import argparse, asyncio, json, logging, sys, time
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from fastcore.basics import patch
 from jupyter_client.kernelspec import NoSuchKernel
-from .core import ConKernelClient, ConKernelError, ConKernelManager, KernelDiedError
+from .core import (ConKernelClient, ConKernelError, ConKernelManager, KernelDiedError,
+                                  SubshellsUnsupportedError)
+import conkernelclient.run # adds `kc.run` and the subshell methods to `ConKernelClient`
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'ConnectionFileError', 'KernelUnavailableError', 'parser', 'read_connection_file', 'launch', 'attach',
-           'control', 'supports_subshells', 'create_subshell', 'delete_subshell', 'Pubs', 'output_text', 'Outcome',
-           'run_snippet', 'completions', 'run', 'main']
+__all__ = ['log', 'ConnectionFileError', 'KernelUnavailableError', 'parser', 'read_connection_file', 'launch', 'attach', 'shown',
+           'Lines', 'Output', 'Outcome', 'run_snippet', 'events', 'run', 'main']
 
 # %% ../nbs/01_cli.ipynb #8e452da8
 class ConnectionFileError(ConKernelError):
@@ -42,13 +43,16 @@ def _seconds(s:str) -> float:
 def parser() -> argparse.ArgumentParser:
     "The `conkernelclient` command line"
     p = argparse.ArgumentParser(prog='conkernelclient',
-        description="Run each CODE snippet as its own request on a Jupyter kernel, all at once, and print each "
-                    "request's status, output and elapsed time as it completes.",
+        description="Run each CODE snippet as its own request on a Jupyter kernel, all sent at once; print each "
+                    "request's output as it arrives, and its status and elapsed time when it completes.",
         epilog="exit codes: 0 all requests ok; 1 some request failed or timed out; "
-               "2 usage error, bad connection file, or no usable kernel")
+               "2 usage error, bad connection file, no usable kernel, or --subshells on a kernel without subshells")
     p.add_argument('code', nargs='+', help="Python code; each snippet is one execute request")
     p.add_argument('--timeout', type=_seconds, default=60., metavar='SECONDS',
-                   help="seconds each request may take (default: %(default)s)")
+                   help="seconds each request may take from when it is sent (default: %(default)s)")
+    p.add_argument('--subshells', action='store_true',
+                   help="run each snippet in a subshell of its own, so that they run at the same time; "
+                        "the kernel must support subshells (default: all on the main shell)")
     where = p.add_mutually_exclusive_group()
     where.add_argument('--kernel', default='python3', metavar='NAME',
                        help="kernel spec of the kernel to start, and shut down at the end (default: %(default)s)")
@@ -104,80 +108,35 @@ async def attach(existing:str|Path) -> AsyncIterator[ConKernelClient]:
     async with _ready(kc, f"no kernel answers at {existing}") as kc: yield kc
 
 # %% ../nbs/01_cli.ipynb #d0008667
-async def control(kc:ConKernelClient, msg_type:str,
-                  timeout:float=10, # seconds until `TimeoutError`
-                  **content) -> dict:
-    "Send a `msg_type` request with `content` on the control channel; return its reply's content"
-    reply = await kc._request(kc.control_channel, kc.session.msg(msg_type, content), timeout)
-    return reply['content']
+def shown(msg:dict) -> tuple[str,str]|None:
+    "What iopub message `msg` shows, as `(kind, text)`, or None; kinds: `stdout`, `stderr`, `result`, `display`, `error`"
+    kind, c = msg['msg_type'], msg['content']
+    if kind == 'stream': return c['name'], c['text']
+    if kind in ('execute_result', 'display_data') and 'text/plain' in c.get('data', {}):
+        return ('result' if kind == 'execute_result' else 'display'), c['data']['text/plain'] + '\n'
+    if kind == 'error': return 'error', f"{c['ename']}: {c['evalue']}\n"
+    return None
+
+# %% ../nbs/01_cli.ipynb #1af36639
+class Lines:
+    "One request's output cut into whole lines; a stream's unfinished line waits for its end"
+    def __init__(self): self.tails:dict[str,str] = {} # kind -> the text after its last newline so far
 
 # %% ../nbs/01_cli.ipynb #8cd27d6b
-def supports_subshells(kc:ConKernelClient) -> bool:
-    "Does the `kernel_info_reply` of the client's start-up handshake say that the kernel supports subshells?"
-    return 'kernel subshells' in kc.kernel_info_reply['content'].get('supported_features', [])
-
-# %% ../nbs/01_cli.ipynb #ad995d62
-async def create_subshell(kc:ConKernelClient, timeout:float=10) -> str:
-    "Ask the kernel for a new subshell and return its id"
-    c = await control(kc, 'create_subshell_request', timeout)
-    if c['status'] != 'ok': raise ConKernelError(f"the kernel could not create a subshell: {c.get('evalue', c)}")
-    return c['subshell_id']
-
-# %% ../nbs/01_cli.ipynb #ce7671ad
-async def delete_subshell(kc:ConKernelClient, sid:str, timeout:float=10):
-    "Ask the kernel to delete subshell `sid`; a failure is logged, not raised: the request it served is done"
-    try: c = await control(kc, 'delete_subshell_request', timeout, subshell_id=sid)
-    except (TimeoutError, ConKernelError) as e: c = dict(status='error', evalue=str(e))
-    if c['status'] != 'ok': log.warning("could not delete subshell %s: %s", sid, c.get('evalue'))
-
-# %% ../nbs/01_cli.ipynb #db11e7c5
-class Pubs:
-    "The iopub messages of request `mid`, collected by a watcher on `kc`'s iopub router while the block is open"
-    def __init__(self, kc:ConKernelClient, mid:str):
-        self.kc,self.mid = kc,mid
-        self.msgs:list[dict] = []
-        self.idle = asyncio.Event()
-
-# %% ../nbs/01_cli.ipynb #7c035492
 @patch
-def _on_msg(self:Pubs, msg:dict):
-    "Keep `msg`; flag the request's `idle` status"
-    self.msgs.append(msg)
-    if msg['msg_type'] == 'status' and msg['content'].get('execution_state') == 'idle': self.idle.set()
+def add(self:Lines, kind:str, text:str) -> list[tuple[str,str]]:
+    "The `(kind, line)` of each line that `text` of `kind` finishes, without their newlines"
+    *done, tail = (self.tails.pop(kind, '') + text).split('\n')
+    if tail: self.tails[kind] = tail
+    return [(kind, line) for line in done]
 
-# %% ../nbs/01_cli.ipynb #fd719aa3
+# %% ../nbs/01_cli.ipynb #7723c4c1
 @patch
-def __enter__(self:Pubs) -> Pubs:
-    "Start watching the request"
-    self.kc.iopub_channel.router.watch(self.mid, self._on_msg)
-    return self
-
-@patch
-def __exit__(self:Pubs, *exc):
-    "Stop watching; the request's later messages go to the iopub inbox"
-    self.kc.iopub_channel.router.unwatch(self.mid)
-
-# %% ../nbs/01_cli.ipynb #ac7c83a4
-@patch
-async def wait(self:Pubs,
-               timeout:float=5): # seconds to wait for the `idle`; then the messages so far, with a warning
-    "The request's iopub messages, once its `idle` status has arrived"
-    try: await asyncio.wait_for(self.idle.wait(), timeout)
-    except asyncio.TimeoutError: log.warning("no idle status for request %s within %s s: its output may be incomplete", self.mid, timeout)
-    return self.msgs
-
-# %% ../nbs/01_cli.ipynb #61fc9122
-def output_text(msgs:list[dict], reply:dict) -> str:
-    "What the request printed, returned and displayed, from its iopub `msgs`, then the error its `reply` reports"
-    out = []
-    for m in msgs:
-        c = m['content']
-        if m['msg_type'] == 'stream': out.append(c['text'])
-        elif m['msg_type'] in ('execute_result', 'display_data') and 'text/plain' in c['data']:
-            out.append(c['data']['text/plain'] + '\n')
-    rc = reply['content']
-    if rc['status'] == 'error': out.append(f"{rc.get('ename')}: {rc.get('evalue')}\n")
-    return ''.join(out)
+def rest(self:Lines) -> list[tuple[str,str]]:
+    "The unfinished lines, as they are; they are forgotten"
+    rest = list(self.tails.items())
+    self.tails.clear()
+    return rest
 
 # %% ../nbs/01_cli.ipynb #d27a1b04
 def _preview(code:str, width:int=60) -> str:
@@ -188,48 +147,71 @@ def _preview(code:str, width:int=60) -> str:
 
 # %% ../nbs/01_cli.ipynb #2aee3b9a
 @dataclass
+class Output:
+    "One whole line of a request's output"
+    n:int # the snippet's position on the command line, from 1
+    elapsed:float # seconds from sending the request to the line's arrival
+    kind:str # `stdout`, `stderr`, `result`, `display` or `error`: see `shown`
+    text:str # the line, without its newline
+
+    def __str__(self): return f"[{self.n}] {self.elapsed:.3f}s {self.kind}: {self.text}"
+
+# %% ../nbs/01_cli.ipynb #82781154
+@dataclass
 class Outcome:
     "What became of one snippet's request"
     n:int # the snippet's position on the command line, from 1
     code:str # the snippet
     status:str # the reply's status (`ok`, `error`, `aborted`), or `timeout` or `died`
-    output:str='' # see `output_text`; for `timeout` and `died`, what happened
-    elapsed:float=0. # seconds from sending the request to its reply
+    elapsed:float # seconds from sending the request to its completion, its timeout, or the kernel's death
 
-    def __str__(self):
-        head = f"[{self.n}] {self.status} {self.elapsed:.3f}s: {_preview(self.code)}"
-        return '\n'.join([head] + textwrap.indent(self.output.rstrip('\n'), '    ').splitlines())
+    def __str__(self): return f"[{self.n}] {self.status} {self.elapsed:.3f}s: {_preview(self.code)}"
 
-# %% ../nbs/01_cli.ipynb #73063cb0
+# %% ../nbs/01_cli.ipynb #60e44487
 async def run_snippet(kc:ConKernelClient, n:int, code:str,
-                      timeout:float=60, # seconds until the request's outcome is `timeout`
-                      subshell:bool=True, # run it in a subshell of its own
-                      idle_timeout:float=5 # seconds to wait for its `idle` after its reply
+                      show:Callable[[Output],None], # called with each line of output as it arrives
+                      timeout:float=60, # seconds from sending until the outcome is `timeout`
+                      subshell:bool=False # run it in a subshell of its own, created now and deleted after
                      ) -> Outcome:
-    "Run snippet number `n` as one request and return its `Outcome`"
-    sid = await create_subshell(kc) if subshell else None
-    start = time.monotonic()
-    fut = kc.execute(code, reply=True, timeout=timeout, subshell_id=sid, stop_on_error=False, allow_stdin=False)
-    with Pubs(kc, fut.msg_id) as pubs:
-        try: reply = await fut
-        except TimeoutError as e: return Outcome(n, code, 'timeout', str(e), time.monotonic() - start)
-        except KernelDiedError as e: return Outcome(n, code, 'died', str(e), time.monotonic() - start)
-        elapsed = time.monotonic() - start
-        msgs = await pubs.wait(idle_timeout)
-    if sid is not None: await delete_subshell(kc, sid)
-    return Outcome(n, code, reply['content']['status'], output_text(msgs, reply), elapsed)
+    "Run snippet number `n` as one request, passing each line of its output to `show` as it arrives; return its `Outcome`"
+    sid = await kc.create_subshell() if subshell else None
+    start, lines = time.monotonic(), Lines()
+    def emit(found):
+        for kind,text in found: show(Output(n, time.monotonic() - start, kind, text))
+    r = kc.run(code, timeout=timeout, subshell_id=sid, stop_on_error=False)
+    try:
+        async for msg in r:
+            if out := shown(msg): emit(lines.add(*out))
+        status = r.reply['content']['status']
+    except TimeoutError: status = 'timeout'
+    except KernelDiedError: status = 'died'
+    finally: r.cancel()
+    emit(lines.rest())
+    elapsed = time.monotonic() - start
+    if sid is not None and status not in ('timeout', 'died'):
+        try: await kc.delete_subshell(sid)
+        except (ConKernelError, TimeoutError) as e: log.warning("could not delete subshell %s: %s", sid, e)
+    return Outcome(n, code, status, elapsed)
 
 # %% ../nbs/01_cli.ipynb #78f1140f
-async def completions(kc:ConKernelClient, codes:list[str],
-                      timeout:float=60, # seconds each request may take
-                      subshells:bool=True, # run each snippet in a subshell of its own, so they run at the same time
-                      idle_timeout:float=5 # seconds each request waits for its `idle` after its reply
-                     ) -> AsyncIterator[Outcome]:
-    "Send every snippet in `codes` at once; yield the `Outcome` of each as it completes"
-    tasks = [asyncio.create_task(run_snippet(kc, n, code, timeout, subshells, idle_timeout))
+async def events(kc:ConKernelClient, codes:list[str],
+                 timeout:float=60, # seconds each request may take from when it is sent
+                 subshells:bool=False # run each snippet in a subshell of its own, so that they run at the same time
+                ) -> AsyncIterator[Output|Outcome]:
+    "Send every snippet in `codes` at once; yield each line of their output as it arrives, and each `Outcome`"
+    if subshells and not kc.supports_subshells:
+        raise SubshellsUnsupportedError("--subshells: the kernel does not support subshells (its kernel_info_reply does "
+                                        "not list 'kernel subshells'); leave --subshells out to run every snippet on the main shell")
+    queue = asyncio.Queue()
+    tasks = [asyncio.create_task(run_snippet(kc, n, code, queue.put_nowait, timeout, subshells))
              for n,code in enumerate(codes, 1)]
+    for t in tasks: t.add_done_callback(queue.put_nowait)
     try:
-        for t in asyncio.as_completed(tasks): yield await t
+        left = len(tasks)
+        while left:
+            item = await queue.get()
+            if isinstance(item, asyncio.Task): left, item = left - 1, item.result()
+            yield item
     finally:
         for t in tasks: t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -242,20 +224,19 @@ def _fail(msg:str) -> int:
 
 # %% ../nbs/01_cli.ipynb #c9e7cb40
 async def run(codes:list[str],
-              timeout:float=60, # seconds each request may take
+              timeout:float=60, # seconds each request may take from when it is sent
               kernel:str='python3', # kernel spec of the kernel to start, unless `existing`
-              existing:str|None=None # connection file of a running kernel to use instead
+              existing:str|None=None, # connection file of a running kernel to use instead
+              subshells:bool=False # run each snippet in a subshell of its own
              ) -> int:
-    "Run `codes` at once on a new kernel, or an `existing` one; print each `Outcome` as it completes; return the exit code"
+    "Run `codes` at once on a new kernel, or an `existing` one; print their output and outcomes as they come; return the exit code"
     statuses = []
     try:
         async with (attach(existing) if existing else launch(kernel)) as kc:
-            subshells = supports_subshells(kc)
-            if not subshells: log.warning("the kernel does not support subshells: its requests run one after another")
-            async with aclosing(completions(kc, codes, timeout, subshells)) as outcomes:
-                async for o in outcomes:
-                    print(o, flush=True)
-                    statuses.append(o.status)
+            async with aclosing(events(kc, codes, timeout, subshells)) as items:
+                async for item in items:
+                    print(item, flush=True)
+                    if isinstance(item, Outcome): statuses.append(item.status)
     except (ConKernelError, TimeoutError) as e: return _fail(str(e) or type(e).__name__)
     if 'died' in statuses: return _fail("the kernel died")
     return 0 if all(s == 'ok' for s in statuses) else 1
@@ -264,5 +245,5 @@ async def run(codes:list[str],
 def main(argv:list[str]|None=None) -> int:
     "The `conkernelclient` command: parse `argv` (default: `sys.argv[1:]`), run the snippets, return the exit code"
     args = parser().parse_args(argv)
-    try: return asyncio.run(run(args.code, args.timeout, args.kernel, args.existing))
+    try: return asyncio.run(run(args.code, args.timeout, args.kernel, args.existing, args.subshells))
     except KeyboardInterrupt: return 130
