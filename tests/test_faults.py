@@ -154,8 +154,6 @@ async def test_kernel_never_answers(kernels):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="core bug: a client whose start-up failed stays open, unwatched, and sends to "
-                   "the dead kernel; a request with timeout=None then waits forever")
 async def test_failed_startup_closes_the_client(kernels):
     "After start_channels raised KernelDiedError, the client refuses requests instead of sending them to a dead kernel"
     spec = KernelSpec(argv=[sys.executable, '-c', 'import sys; sys.exit(3)'], display_name='crash', language='python')
@@ -224,8 +222,6 @@ async def test_auto_restart_after_sigkill(kernels):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="core bug: requests still queued in the client's shell socket when the kernel "
-                   "restarts go to the new kernel, which runs them, though they failed with KernelRestartedError")
 async def test_restart_does_not_run_failed_requests(kernels):
     "Requests failed with KernelRestartedError are not run by the new kernel"
     km = await kernels.start()

@@ -206,8 +206,6 @@ async def test_replayed_reply_is_skipped(fake, fake_client, caplog):
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(strict=True, reason="core bug: a parent msg_id that is not hashable (a JSON list) raises TypeError "
-                   "outside _route's try, which ends the shell reader: every waiter fails with ChannelsClosedError")
 async def test_unhashable_parent_msg_id_is_skipped(fake, fake_client, caplog):
     "A signed reply whose parent msg_id is a list is skipped like any unreadable message"
     kc = await fake_client()
