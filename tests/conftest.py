@@ -1,5 +1,5 @@
 """Async test support without pytest-asyncio: one event loop for the session, one real kernel per module, fresh
-clients per test, and a check that no kernel process outlives the session."""
+clients per test, kernels and a gate of a test's own, and a check that no kernel process outlives the session."""
 from __future__ import annotations
 import asyncio, inspect, os
 
@@ -7,6 +7,7 @@ import pytest
 from jupyter_client.session import Session
 
 from conkernelclient.core import ConKernelClient, ConKernelManager
+from kit import Gate, Kernels
 
 _procs = [] # the Popen of every kernel this session started
 
@@ -84,3 +85,19 @@ async def _stop(clients:list[ConKernelClient]):
     "Stop `clients` and wait for their tasks, then for any task the test left, so none runs on into the next test"
     for kc in clients: await kc.astop_channels()
     await asyncio.gather(*asyncio.all_tasks() - {asyncio.current_task()}, return_exceptions=True)
+
+
+@pytest.fixture
+def kernels(aio_loop):
+    "Kernels and clients of the test's own; stopped, killed and checked gone after the test"
+    ks = Kernels()
+    yield ks
+    aio_loop.run_until_complete(ks.close())
+
+
+@pytest.fixture
+def gate(tmp_path):
+    "A `Gate`, opened after the test whatever happens, so a failed test cannot leave a kernel blocked"
+    g = Gate(tmp_path/'open')
+    yield g
+    g.open()

@@ -8,67 +8,11 @@ import asyncio, logging, os, signal, sys, time
 
 import pytest
 from jupyter_client.kernelspec import KernelSpec
-from jupyter_client.session import Session
 from traitlets.config import Config
 
-from conkernelclient import (ChannelsClosedError, ConIOLoopKernelManager, ConKernelClient, ConKernelManager,
-                             KernelDiedError, KernelRestartedError)
-from test_routing import Gate, ask, check
-
-
-class Kernels:
-    "Kernels of one test's own, each in a subprocess, and the clients attached to them; `close` ends them all"
-    def __init__(self):
-        self.kms:list[ConKernelManager] = []
-        self.clients:list[ConKernelClient] = []
-        self.procs = [] # the Popen of every kernel process started, restarts included
-
-    async def start(self, cls=ConKernelManager, spec:KernelSpec|None=None, **traits) -> ConKernelManager:
-        "A started kernel; `spec` replaces the manager's kernel spec, so any command can play the kernel"
-        km = cls(session=Session(key=b'x'), **traits)
-        if spec is not None: km._kernel_spec = spec
-        self.kms.append(km)
-        await km.start_kernel()
-        self.procs.append(km.provisioner.process)
-        return km
-
-    async def client(self, km:ConKernelManager, **traits) -> ConKernelClient:
-        "A started client from the manager, which watches the kernel through the manager's process check"
-        kc = km.client(**traits)
-        self.clients.append(kc)
-        return await kc.start_channels()
-
-    async def attach(self, km:ConKernelManager, **traits) -> ConKernelClient:
-        "A started client that knows only the kernel's connection file, so it watches the kernel by heartbeat"
-        kc = ConKernelClient(**traits)
-        kc.load_connection_file(km.connection_file)
-        self.clients.append(kc)
-        return await kc.start_channels()
-
-    async def close(self):
-        for kc in self.clients: await kc.astop_channels()
-        for km in self.kms:
-            if km.provisioner is not None: self.procs.append(km.provisioner.process)
-            if km.has_kernel: await km.shutdown_kernel(now=True)
-            else: await km.cleanup_resources()
-        await asyncio.gather(*asyncio.all_tasks() - {asyncio.current_task()}, return_exceptions=True)
-        assert all(p.poll() is not None for p in self.procs), "a kernel process of the test is still running"
-
-
-@pytest.fixture
-def kernels(aio_loop):
-    "Kernels and clients of the test's own; stopped, killed and checked gone after the test"
-    ks = Kernels()
-    yield ks
-    aio_loop.run_until_complete(ks.close())
-
-
-@pytest.fixture
-def gate(tmp_path):
-    "A `Gate`, opened after the test whatever happens, so a failed test cannot leave a kernel blocked"
-    g = Gate(tmp_path/'open')
-    yield g
-    g.open()
+from conkernelclient import (ChannelsClosedError, ConIOLoopKernelManager, ConKernelClient, KernelDiedError,
+                             KernelRestartedError)
+from kit import ask, check, execution_count
 
 
 async def running(kc:ConKernelClient, fut, msg_type:str='execute_input'):
@@ -175,26 +119,35 @@ async def has(kc:ConKernelClient, name:str) -> bool:
     return {'True': True, 'False': False}[reply['content']['user_expressions']['v']['data']['text/plain']]
 
 
+async def before_restart(kc:ConKernelClient) -> list:
+    "Define `_before`, then put 100 requests in flight behind a cell that sleeps 30 s and has started; return them"
+    assert (await kc.execute('_before = 1', reply=True))['content']['status'] == 'ok'
+    first = kc.execute('import time; time.sleep(30)', reply=True, timeout=None)
+    await running(kc, first)
+    return outstanding(kc, first)
+
+
+async def assert_new_kernel(kc:ConKernelClient):
+    "The same client talks to the new kernel, whose namespace does not hold the old kernel's `_before`"
+    assert await has(kc, '_before') is False
+    fut = ask(kc, '6*7')
+    check(await fut, fut, 42)
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize('now', [False, True], ids=['graceful', 'now'])
 async def test_restart_fails_outstanding_requests(kernels, now):
     "restart_kernel with 100 requests outstanding: each raises KernelRestartedError; the client runs on, new kernel"
     km = await kernels.start()
     kc = await kernels.client(km)
-    assert (await kc.execute('_before = 1', reply=True))['content']['status'] == 'ok'
-    first = kc.execute('import time; time.sleep(30)', reply=True, timeout=None)
-    await running(kc, first)
-    futs = outstanding(kc, first)
+    futs = await before_restart(kc)
     pid = km.provisioner.process.pid
     await km.restart_kernel(now=now)
     assert km.provisioner.process.pid != pid
     res = await asyncio.gather(*futs, return_exceptions=True)
     assert [type(r) for r in res] == [KernelRestartedError] * 100
     assert kc.in_flight == 0 and not kc.restarting
-    # the same client talks to the new kernel, whose namespace does not hold the old kernel's `_before`
-    assert await has(kc, '_before') is False
-    fut = ask(kc, '6*7')
-    check(await fut, fut, 42)
+    await assert_new_kernel(kc)
 
 
 @pytest.mark.timeout(60)
@@ -204,10 +157,7 @@ async def test_auto_restart_after_sigkill(kernels):
     km = await kernels.start(ConIOLoopKernelManager, config=cfg)
     assert km._restarter.time_to_dead == 0.1 and not km._restarter.random_ports_until_alive
     kc = await kernels.client(km)
-    assert (await kc.execute('_before = 1', reply=True))['content']['status'] == 'ok'
-    first = kc.execute('import time; time.sleep(30)', reply=True, timeout=None)
-    await running(kc, first)
-    futs = outstanding(kc, first)
+    futs = await before_restart(kc)
     pid = km.provisioner.process.pid
     os.kill(pid, signal.SIGKILL)
     res = await asyncio.gather(*futs, return_exceptions=True)
@@ -216,9 +166,7 @@ async def test_auto_restart_after_sigkill(kernels):
     # the restart is over once the client has handshaken with the new kernel
     while kc.restarting or km.provisioner.process.pid == pid: await asyncio.sleep(0.05)
     assert kc.channels_running and await kc.is_alive()
-    assert await has(kc, '_before') is False
-    fut = ask(kc, '6*7')
-    check(await fut, fut, 42)
+    await assert_new_kernel(kc)
 
 
 @pytest.mark.timeout(60)
@@ -343,11 +291,6 @@ async def test_interrupt(km, connect):
 
 
 # ---- bad arguments
-
-
-async def execution_count(kc:ConKernelClient) -> int:
-    "The kernel's execution count after one more request: it grows by one for each execute request the kernel got"
-    return (await kc.execute('pass', reply=True))['content']['execution_count']
 
 
 @pytest.mark.timeout(30)

@@ -9,7 +9,7 @@ import zmq, zmq.asyncio
 from jupyter_client.session import Session
 
 from conkernelclient import ConKernelClient, RoutedChannel
-from test_routing import Gate, ask, check
+from kit import Gate, ask, check
 
 DELIM = b'<IDS|MSG>'
 KERNEL_INFO = dict(status='ok', protocol_version='5.3', implementation='fake', implementation_version='0',

@@ -9,16 +9,7 @@ import zmq
 from jupyter_client.kernelspec import KernelSpec
 
 from conkernelclient import ConKernelClient, WrongLoopError
-from test_faults import Kernels, execution_count
-from test_routing import ask, assert_clean, check
-
-
-@pytest.fixture
-def kernels(aio_loop):
-    "Kernels and clients of the test's own; stopped, killed and checked gone after the test"
-    ks = Kernels()
-    yield ks
-    aio_loop.run_until_complete(ks.close())
+from kit import ask, assert_clean, check, execution_count
 
 
 async def at_once(kc:ConKernelClient, n:int, code, value) -> float:

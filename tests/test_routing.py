@@ -6,6 +6,7 @@ import asyncio, logging, random, time
 import pytest
 
 from conkernelclient.core import RoutedChannel
+from kit import ask, assert_clean, check
 
 
 class JitterChannel(RoutedChannel):
@@ -18,42 +19,6 @@ class JitterChannel(RoutedChannel):
         time.sleep(random.uniform(0, 0.002))
         super().send(msg)
         self.sent.append(msg['header']['msg_id'])
-
-
-class Gate:
-    "Code that keeps the serial kernel busy until the test calls `open`"
-    def __init__(self, path):
-        self.path = path
-        self.code = f"import os, time\nwhile not os.path.exists({str(path)!r}): time.sleep(0.005)"
-
-    def open(self): self.path.touch()
-
-
-@pytest.fixture
-def gate(tmp_path):
-    "A `Gate` that is opened after the test whatever happens, so a failed test cannot leave the kernel blocked"
-    g = Gate(tmp_path/'open')
-    yield g
-    g.open()
-
-
-def ask(kc, expr:str, **kwargs):
-    "Send a request that evaluates `expr` in the kernel; return the future of its reply"
-    return kc.execute(f'_r = {expr}', reply=True, user_expressions={'v': '_r'}, **kwargs)
-
-
-def check(reply:dict, fut, value):
-    "`reply` answers the request of `fut`, for which the kernel computed `value`"
-    assert reply['parent_header']['msg_id'] == fut.msg_id
-    assert reply['content']['status'] == 'ok', reply['content']
-    assert reply['content']['user_expressions']['v']['data']['text/plain'] == repr(value)
-
-
-def assert_clean(kc):
-    "Nothing in flight, nothing unclaimed on shell, and no abandoned request still waiting for its late reply"
-    assert kc.in_flight == 0
-    assert len(kc.shell_channel.inbox) == 0
-    assert not kc.shell_channel.router.abandoned
 
 
 async def control(kc, msg_type:str, **content) -> dict:

@@ -1,0 +1,80 @@
+"Helpers the test modules share: a gate that keeps a kernel busy, kernels of a test's own, requests checked by value."
+from __future__ import annotations
+import asyncio
+
+from jupyter_client.kernelspec import KernelSpec
+from jupyter_client.session import Session
+
+from conkernelclient import ConKernelClient, ConKernelManager
+
+
+class Gate:
+    "Code that keeps the serial kernel busy until the test calls `open`"
+    def __init__(self, path):
+        self.path = path
+        self.code = f"import os, time\nwhile not os.path.exists({str(path)!r}): time.sleep(0.005)"
+
+    def open(self): self.path.touch()
+
+
+class Kernels:
+    "Kernels of one test's own, each in a subprocess, and the clients attached to them; `close` ends them all"
+    def __init__(self):
+        self.kms:list[ConKernelManager] = []
+        self.clients:list[ConKernelClient] = []
+        self.procs = [] # the Popen of every kernel process started, restarts included
+
+    async def start(self, cls=ConKernelManager, spec:KernelSpec|None=None, **traits) -> ConKernelManager:
+        "A started kernel; `spec` replaces the manager's kernel spec, so any command can play the kernel"
+        km = cls(session=Session(key=b'x'), **traits)
+        if spec is not None: km._kernel_spec = spec
+        self.kms.append(km)
+        await km.start_kernel()
+        self.procs.append(km.provisioner.process)
+        return km
+
+    async def client(self, km:ConKernelManager, **traits) -> ConKernelClient:
+        "A started client from the manager, which watches the kernel through the manager's process check"
+        kc = km.client(**traits)
+        self.clients.append(kc)
+        return await kc.start_channels()
+
+    async def attach(self, km:ConKernelManager, **traits) -> ConKernelClient:
+        "A started client that knows only the kernel's connection file, so it watches the kernel by heartbeat"
+        kc = ConKernelClient(**traits)
+        kc.load_connection_file(km.connection_file)
+        self.clients.append(kc)
+        return await kc.start_channels()
+
+    async def close(self):
+        for kc in self.clients: await kc.astop_channels()
+        for km in self.kms:
+            if km.provisioner is not None: self.procs.append(km.provisioner.process)
+            if km.has_kernel: await km.shutdown_kernel(now=True)
+            else: await km.cleanup_resources()
+        await asyncio.gather(*asyncio.all_tasks() - {asyncio.current_task()}, return_exceptions=True)
+        assert all(p.poll() is not None for p in self.procs), "a kernel process of the test is still running"
+
+
+def ask(kc, expr:str, **kwargs):
+    "Send a request that evaluates `expr` in the kernel; return the future of its reply"
+    return kc.execute(f'_r = {expr}', reply=True, user_expressions={'v': '_r'}, **kwargs)
+
+
+def check(reply:dict, fut, value):
+    "`reply` answers the request of `fut`, for which the kernel computed `value`"
+    assert reply['parent_header']['msg_id'] == fut.msg_id
+    assert reply['content']['status'] == 'ok', reply['content']
+    assert reply['content']['user_expressions']['v']['data']['text/plain'] == repr(value)
+
+
+def assert_clean(kc):
+    "Nothing in flight, nothing unclaimed on shell, and no abandoned request still waiting for its late reply"
+    assert kc.in_flight == 0
+    assert len(kc.shell_channel.inbox) == 0
+    assert not kc.shell_channel.router.abandoned
+
+
+async def execution_count(kc:ConKernelClient) -> int:
+    "The kernel's execution count after one more request: it grows by one for each execute request the kernel got"
+    return (await kc.execute('pass', reply=True))['content']['execution_count']
