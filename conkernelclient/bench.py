@@ -21,7 +21,7 @@ from jupyter_client.session import Session
 from traitlets import default
 
 import conkernelclient.run # adds `request`, `create_subshell` and `delete_subshell` to ConKernelClient
-from .core import ConKernelClient, ConKernelManager
+from .core import ConKernelClient, ConKernelManager, unbounded_context
 from .stubkernel import StubKernelManager
 
 log = logging.getLogger(__name__)
@@ -101,10 +101,7 @@ class PlainClient(AsyncKernelClient):
     @default('context')
     def _context_default(self) -> zmq.asyncio.Context:
         self._created_context = True
-        ctx = zmq.asyncio.Context()
-        ctx.setsockopt(zmq.RCVHWM, 0)
-        ctx.setsockopt(zmq.SNDHWM, 0)
-        return ctx
+        return unbounded_context()
 
 # %% ../nbs/04_bench.ipynb #34d21775
 async def plain_client(km:ConKernelManager) -> PlainClient:
