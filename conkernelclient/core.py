@@ -8,23 +8,27 @@ Docs: https://conkernelclient.github.io/conkernelclient/core.html.md"""
 from __future__ import annotations
 import asyncio, contextvars, functools, inspect, itertools, logging, time, weakref
 from collections import deque
+from datetime import datetime
+from hmac import compare_digest
 from typing import Callable
 from queue import Empty
 
 import zmq, zmq.asyncio
 from fastcore.basics import patch
+from jupyter_client.adapter import adapt
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.channels import AsyncZMQSocketChannel
 from jupyter_client.ioloop import AsyncIOLoopKernelManager
 from jupyter_client.manager import AsyncKernelManager
-from jupyter_client.session import Session, new_id
+from jupyter_client.jsonutil import ISO8601_PAT, extract_dates, parse_date
+from jupyter_client.session import DELIM, Session, new_id, protocol_version
 from traitlets import DottedObjectName, Float, Integer, Type
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['ConKernelError', 'KernelDiedError', 'ChannelsClosedError', 'KernelRestartedError', 'SubshellsUnsupportedError',
-           'WrongLoopError', 'patch_session_send', 'Inbox', 'Router', 'ReplyFuture', 'RoutedChannel',
+           'WrongLoopError', 'patch_session_send', 'Inbox', 'Router', 'ReplyFuture', 'RoutedChannel', 'decode',
            'unbounded_context', 'ConKernelClient', 'ConKernelManager', 'Starting', 'ConIOLoopKernelManager']
 
 # %% ../nbs/00_core.ipynb #b5e7e8a1
@@ -132,19 +136,17 @@ class Router:
         self.abandoned:dict[str,None] = {}
         self.closed:ConKernelError|None = None
         self.context = contextvars.Context()
+        self.timer:asyncio.TimerHandle|None = None # the one timer of the table: it fires at the earliest deadline
+        self.resolution = 0.01 # seconds: timeouts fire at most this late, so expiring many costs few sweeps
 
     def __len__(self): return len(self.pending)
 
 # %% ../nbs/00_core.ipynb #4b3f258c
 class ReplyFuture(asyncio.Future):
     "The future of one request's reply; `msg_id` is the request's own"
-    __slots__ = ('msg_id', 'router', 'timer') # slots, not a closure per request: a request in flight costs less memory
+    __slots__ = ('msg_id', 'router', 'timeout', 'deadline') # slots, not a closure per request: less memory each
 
 # %% ../nbs/00_core.ipynb #51bf7f75
-def _expire(fut:asyncio.Future, timeout:float):
-    if not fut.done(): fut.set_exception(TimeoutError(f"no reply within {timeout} s"))
-
-# %% ../nbs/00_core.ipynb #60edb3d3
 @patch
 def expect(self:Router, mid:str,
            timeout:float|None=None # seconds until the future fails with `TimeoutError`; None waits forever
@@ -154,15 +156,32 @@ def expect(self:Router, mid:str,
     if timeout is not None and timeout < 0: raise ValueError(f"timeout must be >= 0 or None, not {timeout}")
     loop = asyncio.get_running_loop()
     fut = self.pending[mid] = ReplyFuture(loop=loop)
-    fut.msg_id, fut.router = mid, self
-    fut.timer = None if timeout is None else loop.call_later(timeout, _expire, fut, timeout, context=self.context)
+    fut.msg_id, fut.router, fut.timeout = mid, self, timeout
+    fut.deadline = None if timeout is None else loop.time() + timeout
+    if fut.deadline is not None and (self.timer is None or fut.deadline < self.timer.when()): self._arm(fut.deadline)
     fut.add_done_callback(_settle, context=self.context)
     return fut
 
+# %% ../nbs/00_core.ipynb #60edb3d3
+@patch
+def _arm(self:Router, when:float):
+    "Set the table's timer to sweep at loop time `when`"
+    if self.timer is not None: self.timer.cancel()
+    self.timer = asyncio.get_running_loop().call_at(when, self._sweep, context=self.context)
+
+@patch
+def _sweep(self:Router):
+    "Fail the requests whose deadline has passed with `TimeoutError`; set the timer for the earliest one left"
+    self.timer, now, soonest = None, asyncio.get_running_loop().time(), None
+    for fut in list(self.pending.values()):
+        if fut.deadline is None or fut.done(): continue
+        if fut.deadline <= now: fut.set_exception(TimeoutError(f"no reply within {fut.timeout} s"))
+        elif soonest is None or fut.deadline < soonest: soonest = fut.deadline
+    if soonest is not None: self._arm(max(soonest, now + self.resolution))
+
 # %% ../nbs/00_core.ipynb #fa93b477
 def _settle(fut:ReplyFuture):
-    "Done-callback of every request future: pop its entry, stop its timer, remember it if it gave up"
-    if fut.timer is not None: fut.timer.cancel()
+    "Done-callback of every request future: pop its entry, and remember it if it gave up"
     rt = fut.router
     if rt.pending.pop(fut.msg_id, None) is None or rt.closed: return
     rt.abandon(fut.msg_id)
@@ -191,11 +210,13 @@ def deliver(self:Router, msg:dict):
         log.debug("dropped late %s for abandoned request %s", msg['msg_type'], mid)
     else: self.inbox.put(msg)
 
-# %% ../nbs/00_core.ipynb #bb479c6d
+# %% ../nbs/00_core.ipynb #6e42ca43
 @patch
 def fail(self:Router, exc:ConKernelError):
     "Fail every request in flight with `exc`; the table stays open for new requests"
     pending,self.pending = self.pending,{}
+    if self.timer is not None: self.timer.cancel()
+    self.timer = None
     for fut in pending.values():
         if not fut.done(): fut.set_exception(exc)
 
@@ -248,16 +269,17 @@ def start(self:RoutedChannel):
 @patch
 async def _read(self:RoutedChannel):
     "Receive and route until the socket closes; then close the channel with the reason"
-    burst = 0
+    sync, burst = zmq.Socket.shadow(self.socket.underlying), 0
     try:
         while True:
             recv = self.socket.recv_multipart()
             self.parked.set()
-            burst = burst + 1 if recv.done() else 0
-            if burst == self.burst:
+            if not recv.done(): burst = 0 # awaiting it yields to the event loop
+            self._route(await recv)
+            burst = self._drain(sync, burst + 1)
+            if burst >= self.burst:
                 burst = 0
                 await asyncio.sleep(0)
-            self._route(await recv)
     except asyncio.CancelledError:
         if self.reader is asyncio.current_task(): self.close(ChannelsClosedError("the client's channels were stopped"))
     except zmq.ZMQError as e: self.close(ChannelsClosedError(f"socket closed: {e}"))
@@ -266,12 +288,50 @@ async def _read(self:RoutedChannel):
         self.close(ChannelsClosedError(f"the channel's reader failed: {e!r}"))
 
 # %% ../nbs/00_core.ipynb #5fa3e3c8
+def _dates(obj:dict) -> dict:
+    "`extract_dates` of a header dict, in place: its ISO 8601 strings become aware datetimes"
+    for k, v in obj.items():
+        if isinstance(v, str):
+            if not ISO8601_PAT.match(v): continue
+            try: dt = datetime.fromisoformat(v)
+            except ValueError: dt = None
+            obj[k] = dt if dt is not None and dt.tzinfo is not None else parse_date(v)
+        elif isinstance(v, (dict, list, tuple)): obj[k] = extract_dates(v)
+    return obj
+
+# %% ../nbs/00_core.ipynb #5fe34fb4
+def decode(session:Session, parts:list[bytes]) -> dict:
+    "The message dict of the multipart message `parts`, as `session.deserialize(session.feed_identities(parts)[1])` makes it"
+    frames = parts[parts.index(DELIM) + 1:]
+    if session.auth is not None:
+        sig = frames[0]
+        if not sig: raise ValueError("Unsigned Message")
+        if sig in session.digest_history: raise ValueError(f"Duplicate Signature: {sig!r}")
+        session._add_digest(sig)
+        if not compare_digest(sig, session.sign(frames[1:5])): raise ValueError(f"Invalid Signature: {sig!r}")
+    if len(frames) < 5: raise TypeError("malformed message, must have at least 5 elements")
+    header = _dates(session.unpack(frames[1]))
+    return adapt(dict(header=header, msg_id=header['msg_id'], msg_type=header['msg_type'],
+                      parent_header=_dates(session.unpack(frames[2])), metadata=session.unpack(frames[3]),
+                      content=session.unpack(frames[4]), buffers=[memoryview(b) for b in frames[5:]]))
+
+# %% ../nbs/00_core.ipynb #edd4dfdf
+@patch
+def _drain(self:RoutedChannel, sync:zmq.Socket, burst:int) -> int:
+    "Route the messages already queued on the socket, read through its synchronous shadow `sync`, until `burst` is reached"
+    while burst < self.burst:
+        try: parts = sync.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again: break
+        self._route(parts)
+        burst += 1
+    return burst
+
+# %% ../nbs/00_core.ipynb #7477e864
 @patch
 def _route(self:RoutedChannel, parts:list[bytes]):
-    "Deserialise one multipart message and deliver it; log and skip what cannot be read"
+    "Decode one multipart message and deliver it; log and skip what cannot be read"
     try:
-        _, smsg = self.session.feed_identities(parts)
-        msg = self.session.deserialize(smsg)
+        msg = decode(self.session, parts)
         mid = msg['parent_header'].get('msg_id')
         if not (mid is None or isinstance(mid, str)): raise TypeError(f"parent msg_id is a {type(mid).__name__}")
     except Exception as e:
@@ -299,8 +359,30 @@ def send(self:RoutedChannel, msg:dict):
     self.check_loop()
     if self.window is None: return self.session.send(self.socket, msg)
     key = msg['header'].get('subshell_id')
-    if self.backlog.get(key) or self.open.get(key, 0) >= self.window: self.backlog.setdefault(key, deque()).append(msg)
+    if self.backlog.get(key) or self.open.get(key, 0) >= self.window: self.backlog.setdefault(key, deque()).append(self._queued(msg))
     else: self._send_counted(msg, key)
+
+# %% ../nbs/00_core.ipynb #5121b86b
+_HEADER_KEYS = {'msg_id', 'msg_type', 'username', 'session', 'date', 'version', 'subshell_id'}
+
+@patch
+def _queued(self:RoutedChannel, msg:dict) -> tuple|dict:
+    "What the backlog keeps of `msg`: (msg_id, msg_type, packed content) if the session can make the rest again, else `msg`"
+    h, s = msg['header'], self.session
+    if (msg['parent_header'] or msg['metadata'] or msg.get('buffers') or not h.keys() <= _HEADER_KEYS
+        or (h.get('username'), h.get('session'), h.get('version')) != (s.username, s.session, protocol_version)): return msg
+    return h['msg_id'], h['msg_type'], s.pack(msg['content'])
+
+@patch
+def _unqueued(self:RoutedChannel, item:tuple|dict, key:str|None) -> dict:
+    "The message `_queued` kept as `item`, for shell `key`, ready to send"
+    if isinstance(item, dict): return item
+    mid, msg_type, content = item
+    msg = self.session.msg(msg_type)
+    msg['header']['msg_id'] = msg['msg_id'] = mid
+    if key is not None: msg['header']['subshell_id'] = key
+    msg['content'] = content
+    return msg
 
 # %% ../nbs/00_core.ipynb #66538cd2
 @patch
@@ -319,9 +401,10 @@ def _answered(self:RoutedChannel, mid:str):
     self.open[key] -= 1
     waiting = self.backlog.get(key)
     while waiting and self.open[key] < self.window:
-        msg = waiting.popleft()
-        if msg['header']['msg_id'] in self.router.abandoned: del self.router.abandoned[msg['header']['msg_id']]
-        else: self._send_counted(msg, key)
+        item = waiting.popleft()
+        mid = item['header']['msg_id'] if isinstance(item, dict) else item[0]
+        if mid in self.router.abandoned: del self.router.abandoned[mid]
+        else: self._send_counted(self._unqueued(item, key), key)
 
 # %% ../nbs/00_core.ipynb #e8f4b8b7
 @patch
