@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['ConKernelError', 'KernelDiedError', 'ChannelsClosedError', 'KernelRestartedError', 'SubshellsUnsupportedError',
-           'WrongLoopError', 'patch_session_send', 'Inbox', 'Router', 'ReplyFuture', 'RoutedChannel', 'decode',
-           'unbounded_context', 'ConKernelClient', 'ConKernelManager', 'Starting', 'ConIOLoopKernelManager']
+           'WrongLoopError', 'patch_session_send', 'Inbox', 'Router', 'ReplyFuture', 'RoutedChannel', 'verified',
+           'unpacked', 'decode', 'unbounded_context', 'ConKernelClient', 'ConKernelManager', 'Starting',
+           'ConIOLoopKernelManager']
 
 # %% ../nbs/00_core.ipynb #b5e7e8a1
 class ConKernelError(Exception):
@@ -76,8 +77,10 @@ def patch_session_send():
 class Inbox:
     "Bounded FIFO of unclaimed messages, read with jupyter_client's `get_msg` semantics"
     def __init__(self,
-                 maxlen:int=100_000): # messages kept; past this the oldest is dropped and counted in `dropped`
-        self.msgs,self.maxlen,self.dropped = deque(),maxlen,0
+                 maxlen:int=100_000, # messages kept; past this the oldest is dropped and counted in `dropped`
+                 decode:Callable[[list[bytes]],dict]|None=None): # makes the message dict of frames kept undecoded
+        self.msgs:deque[tuple[str|None,dict|list[bytes]]] = deque()
+        self.maxlen,self.decode,self.dropped = maxlen,decode,0
         self.closed:ConKernelError|None = None
         self._arrived = asyncio.Event()
 
@@ -87,35 +90,64 @@ class Inbox:
 @patch
 def put(self:Inbox, msg:dict):
     "Append `msg`, dropping the oldest message if the inbox is full"
+    self.put_frames(msg['parent_header'].get('msg_id'), msg)
+
+@patch
+def put_frames(self:Inbox, mid:str|None, frames:list[bytes]|dict):
+    "Append a message whose parent is request `mid`, as the `frames` `decode` will read (or a message dict)"
     if len(self.msgs) >= self.maxlen:
         self.msgs.popleft()
         self.dropped += 1
         if self.dropped % 1000 == 1: log.warning("inbox full (%d): dropped %d oldest messages so far", self.maxlen, self.dropped)
-    self.msgs.append(msg)
+    self.msgs.append((mid, frames))
     self._arrived.set()
 
 # %% ../nbs/00_core.ipynb #a43a7cd0
+@patch
+def _open(self:Inbox, entry:tuple) -> dict|None:
+    "The message of `entry`, decoded if it is frames; None (logged) if it cannot be"
+    item = entry[1]
+    if isinstance(item, dict): return item
+    try: return self.decode(item)
+    except Exception as e: log.warning("skipped an unreadable message: %r", e)
+
+@patch
+def __iter__(self:Inbox):
+    "The messages kept, oldest first, decoded but not taken"
+    return (m for m in map(self._open, list(self.msgs)) if m is not None)
+
+@patch
+def drain(self:Inbox) -> list[dict]:
+    "Take every message kept"
+    msgs = list(self)
+    self.msgs.clear()
+    return msgs
+
+# %% ../nbs/00_core.ipynb #64efff19
 @patch
 async def get(self:Inbox,
               timeout:float|None=None): # seconds to wait for a message; None waits forever
     "Pop the oldest message; raise `queue.Empty` if none arrives in time, or the closing error once closed and empty"
     deadline = None if timeout is None else time.monotonic() + timeout
-    while not self.msgs:
-        if self.closed: raise self.closed
-        self._arrived.clear()
-        left = None if deadline is None else deadline - time.monotonic()
-        try: await asyncio.wait_for(self._arrived.wait(), left)
-        except asyncio.TimeoutError: raise Empty from None
-    return self.msgs.popleft()
+    while True:
+        while not self.msgs:
+            if self.closed: raise self.closed
+            self._arrived.clear()
+            left = None if deadline is None else deadline - time.monotonic()
+            try: await asyncio.wait_for(self._arrived.wait(), left)
+            except asyncio.TimeoutError: raise Empty from None
+        msg = self._open(self.msgs.popleft())
+        if msg is not None: return msg
 
-# %% ../nbs/00_core.ipynb #395fd249
+# %% ../nbs/00_core.ipynb #178c4fdc
 @patch
 def take(self:Inbox, mid:str) -> dict|None:
     "Remove and return the first message whose parent is request `mid`, if there is one"
-    for msg in self.msgs:
-        if msg['parent_header'].get('msg_id') == mid:
-            self.msgs.remove(msg)
-            return msg
+    for entry in list(self.msgs):
+        if entry[0] == mid:
+            self.msgs.remove(entry)
+            msg = self._open(entry)
+            if msg is not None: return msg
 
 # %% ../nbs/00_core.ipynb #b97f7634
 @patch
@@ -195,6 +227,11 @@ def abandon(self:Router, mid:str):
 
 # %% ../nbs/00_core.ipynb #4432d518
 @patch
+def claims(self:Router, mid:str|None) -> bool:
+    "Does a message whose parent is request `mid` go to a future or a watcher, or get dropped, rather than to the inbox?"
+    return mid in self.pending or mid in self.watchers or mid in self.abandoned
+
+@patch
 def deliver(self:Router, msg:dict):
     "Resolve the future waiting for `msg`, or pass it to its watcher; drop a late reply to an abandoned request; keep the rest"
     mid = msg['parent_header'].get('msg_id')
@@ -246,7 +283,7 @@ class RoutedChannel(AsyncZMQSocketChannel):
     "A channel whose socket is read only by its reader task, which routes each message by its parent msg_id"
     def __init__(self, socket:zmq.asyncio.Socket, session:Session, loop=None):
         super().__init__(socket, session, loop)
-        self.inbox = Inbox()
+        self.inbox = Inbox(decode=functools.partial(unpacked, session))
         self.router = Router(self.inbox)
         self.reader:asyncio.Task|None = None
         self.burst = 50
@@ -300,8 +337,8 @@ def _dates(obj:dict) -> dict:
     return obj
 
 # %% ../nbs/00_core.ipynb #5fe34fb4
-def decode(session:Session, parts:list[bytes]) -> dict:
-    "The message dict of the multipart message `parts`, as `session.deserialize(session.feed_identities(parts)[1])` makes it"
+def verified(session:Session, parts:list[bytes]) -> list[bytes]:
+    "The frames after the delimiter of the multipart message `parts`, checked as `Session.deserialize` checks them"
     frames = parts[parts.index(DELIM) + 1:]
     if session.auth is not None:
         sig = frames[0]
@@ -310,10 +347,19 @@ def decode(session:Session, parts:list[bytes]) -> dict:
         session._add_digest(sig)
         if not compare_digest(sig, session.sign(frames[1:5])): raise ValueError(f"Invalid Signature: {sig!r}")
     if len(frames) < 5: raise TypeError("malformed message, must have at least 5 elements")
+    return frames
+
+def unpacked(session:Session, frames:list[bytes], parent:dict|None=None) -> dict:
+    "The message dict of `verified` frames, as `Session.deserialize` makes it; `parent`: the parent header, if already unpacked"
     header = _dates(session.unpack(frames[1]))
     return adapt(dict(header=header, msg_id=header['msg_id'], msg_type=header['msg_type'],
-                      parent_header=_dates(session.unpack(frames[2])), metadata=session.unpack(frames[3]),
-                      content=session.unpack(frames[4]), buffers=[memoryview(b) for b in frames[5:]]))
+                      parent_header=_dates(session.unpack(frames[2]) if parent is None else parent),
+                      metadata=session.unpack(frames[3]), content=session.unpack(frames[4]),
+                      buffers=[memoryview(b) for b in frames[5:]]))
+
+def decode(session:Session, parts:list[bytes]) -> dict:
+    "The message dict of the multipart message `parts`, as `session.deserialize(session.feed_identities(parts)[1])` makes it"
+    return unpacked(session, verified(session, parts))
 
 # %% ../nbs/00_core.ipynb #edd4dfdf
 @patch
@@ -329,14 +375,17 @@ def _drain(self:RoutedChannel, sync:zmq.Socket, burst:int) -> int:
 # %% ../nbs/00_core.ipynb #7477e864
 @patch
 def _route(self:RoutedChannel, parts:list[bytes]):
-    "Decode one multipart message and deliver it; log and skip what cannot be read"
+    "Check one multipart message and deliver it, or keep it undecoded if nobody claims it; log and skip what cannot be read"
     try:
-        msg = decode(self.session, parts)
-        mid = msg['parent_header'].get('msg_id')
+        frames = verified(self.session, parts)
+        parent = self.session.unpack(frames[2])
+        mid = parent.get('msg_id')
         if not (mid is None or isinstance(mid, str)): raise TypeError(f"parent msg_id is a {type(mid).__name__}")
+        msg = unpacked(self.session, frames, parent) if mid in self.unanswered or self.router.claims(mid) else None
     except Exception as e:
         log.warning("skipped an unreadable message: %r", e)
         return
+    if msg is None: return self.inbox.put_frames(mid, frames)
     if self.window is not None: self._answered(mid)
     self.router.deliver(msg)
 
@@ -457,8 +506,7 @@ async def get_msg(self:RoutedChannel, timeout:float|None=None) -> dict:
 @patch
 async def get_msgs(self:RoutedChannel) -> list[dict]:
     "Every unclaimed message already received"
-    msgs,self.inbox.msgs = list(self.inbox.msgs),deque()
-    return msgs
+    return self.inbox.drain()
 
 @patch
 async def msg_ready(self:RoutedChannel) -> bool:

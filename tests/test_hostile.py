@@ -275,10 +275,11 @@ async def test_flood_from_a_fake_kernel(fake, fake_client, caplog):
     # nobody claims the strays or b's outputs: the inboxes keep the newest 1,000 of each and count what they drop
     shell, iopub = kc.shell_channel.inbox, kc.iopub_channel.inbox
     assert len(shell) == 1000 and shell.dropped == 9000
-    assert [m['content']['stray'] for m in shell.msgs] == list(range(9000, 10_000))
+    assert [m['content']['stray'] for m in shell] == list(range(9000, 10_000))
     # iopub: 10,000 outputs and a busy and an idle for each of a, b and c, of which c's idle comes last
-    while not (iopub.msgs and iopub.msgs[-1]['parent_header']['msg_id'] == c.msg_id
-               and iopub.msgs[-1]['content'].get('execution_state') == 'idle'): await asyncio.sleep(0.01)
+    def last(inbox): return list(inbox)[-1] if len(inbox) else None
+    while not ((m := last(iopub)) and m['parent_header']['msg_id'] == c.msg_id
+               and m['content'].get('execution_state') == 'idle'): await asyncio.sleep(0.01)
     assert len(iopub) == 1000 and iopub.dropped == 9006
     # a warning for the first drop and every thousandth after it, per inbox
     drops = [r for r in caplog.records if r.getMessage().startswith('inbox full')]
@@ -308,7 +309,7 @@ async def test_readers_take_turns():
         fut = shell.router.expect('req')
         session.send(kernel, 'execute_reply', {'status': 'ok'}, parent={'msg_id': 'req'})
         for name, (_, ch) in chans.items():
-            ch.router.deliver = lambda msg, name=name, deliver=ch.router.deliver: (order.append(name), deliver(msg))
+            ch._route = lambda parts, name=name, route=ch._route: (order.append(name), route(parts))
         iopub.start()
         shell.start()
         assert (await fut)['parent_header']['msg_id'] == 'req'
@@ -368,10 +369,10 @@ async def test_output_flood_and_a_subshell(connect, tmp_path, caplog):
     kc = await connect()
     inbox = kc.iopub_channel.inbox
     inbox.maxlen, most = 1000, [0]
-    def put(msg, put=inbox.put):
-        put(msg)
+    def put_frames(mid, frames, put_frames=inbox.put_frames):
+        put_frames(mid, frames)
         most[0] = max(most[0], len(inbox))
-    inbox.put = put
+    inbox.put_frames = put_frames
     sid = (await control(kc, 'create_subshell_request'))['subshell_id']
     sub, done = tmp_path/'sub', Gate(tmp_path/'done')
     try:
@@ -391,7 +392,7 @@ async def test_output_flood_and_a_subshell(connect, tmp_path, caplog):
         await control(kc, 'delete_subshell_request', subshell_id=sid)
     # the flood's idle comes after all of its output
     while not any(m['parent_header'].get('msg_id') == flood.msg_id and m['content'].get('execution_state') == 'idle'
-                  for m in inbox.msgs): await asyncio.sleep(0.01)
+                  for m in inbox): await asyncio.sleep(0.01)
     assert most[0] == 1000 and inbox.dropped >= 9000
     drops = [r for r in caplog.records if r.getMessage().startswith('inbox full')]
     assert len(drops) == len(range(1, inbox.dropped + 1, 1000))
