@@ -6,7 +6,7 @@ Docs: https://conkernelclient.github.io/conkernelclient/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #c08a8f4e
 from __future__ import annotations
-import asyncio, contextvars, functools, inspect, itertools, logging, time, weakref
+import asyncio, contextvars, functools, inspect, itertools, logging, math, time, weakref
 from collections import deque
 from datetime import datetime
 from hmac import compare_digest
@@ -21,7 +21,7 @@ from jupyter_client.channels import AsyncZMQSocketChannel
 from jupyter_client.ioloop import AsyncIOLoopKernelManager
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.jsonutil import ISO8601_PAT, extract_dates, parse_date
-from jupyter_client.session import DELIM, Session, new_id, protocol_version
+from jupyter_client.session import DELIM, Session, new_id, protocol_version, utcnow
 from traitlets import DottedObjectName, Float, Integer, Type
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['ConKernelError', 'KernelDiedError', 'ChannelsClosedError', 'KernelRestartedError', 'SubshellsUnsupportedError',
            'WrongLoopError', 'patch_session_send', 'Inbox', 'Router', 'ReplyFuture', 'RoutedChannel', 'verified',
-           'unpacked', 'decode', 'unbounded_context', 'ConKernelClient', 'ConKernelManager', 'Starting',
+           'unpacked', 'decode', 'Queued', 'unbounded_context', 'ConKernelClient', 'ConKernelManager', 'Starting',
            'ConIOLoopKernelManager']
 
 # %% ../nbs/00_core.ipynb #b5e7e8a1
@@ -170,13 +170,15 @@ class Router:
         self.context = contextvars.Context()
         self.timer:asyncio.TimerHandle|None = None # the one timer of the table: it fires at the earliest deadline
         self.resolution = 0.01 # seconds: timeouts fire at most this late, so expiring many costs few sweeps
+        self.last_deadline = 0.0
+        self.settle = self._settle # one bound method for every request's done-callback
 
     def __len__(self): return len(self.pending)
 
 # %% ../nbs/00_core.ipynb #4b3f258c
 class ReplyFuture(asyncio.Future):
     "The future of one request's reply; `msg_id` is the request's own"
-    __slots__ = ('msg_id', 'router', 'timeout', 'deadline') # slots, not a closure per request: less memory each
+    __slots__ = ('msg_id', 'timeout', 'deadline') # slots, not a closure per request: less memory each
 
 # %% ../nbs/00_core.ipynb #51bf7f75
 @patch
@@ -188,13 +190,20 @@ def expect(self:Router, mid:str,
     if timeout is not None and timeout < 0: raise ValueError(f"timeout must be >= 0 or None, not {timeout}")
     loop = asyncio.get_running_loop()
     fut = self.pending[mid] = ReplyFuture(loop=loop)
-    fut.msg_id, fut.router, fut.timeout = mid, self, timeout
-    fut.deadline = None if timeout is None else loop.time() + timeout
+    fut.msg_id, fut.timeout = mid, timeout
+    fut.deadline = None if timeout is None else self._deadline(loop.time() + timeout)
     if fut.deadline is not None and (self.timer is None or fut.deadline < self.timer.when()): self._arm(fut.deadline)
-    fut.add_done_callback(_settle, context=self.context)
+    fut.add_done_callback(self.settle, context=self.context)
     return fut
 
 # %% ../nbs/00_core.ipynb #60edb3d3
+@patch
+def _deadline(self:Router, when:float) -> float:
+    "`when` rounded up to the timer's resolution; requests that round to the same deadline share one float"
+    when = math.ceil(when / self.resolution) * self.resolution
+    if when != self.last_deadline: self.last_deadline = when
+    return self.last_deadline
+
 @patch
 def _arm(self:Router, when:float):
     "Set the table's timer to sweep at loop time `when`"
@@ -212,11 +221,11 @@ def _sweep(self:Router):
     if soonest is not None: self._arm(max(soonest, now + self.resolution))
 
 # %% ../nbs/00_core.ipynb #fa93b477
-def _settle(fut:ReplyFuture):
+@patch
+def _settle(self:Router, fut:ReplyFuture):
     "Done-callback of every request future: pop its entry, and remember it if it gave up"
-    rt = fut.router
-    if rt.pending.pop(fut.msg_id, None) is None or rt.closed: return
-    rt.abandon(fut.msg_id)
+    if self.pending.pop(fut.msg_id, None) is None or self.closed: return
+    self.abandon(fut.msg_id)
 
 # %% ../nbs/00_core.ipynb #10f29f87
 @patch
@@ -362,12 +371,20 @@ def decode(session:Session, parts:list[bytes]) -> dict:
     return unpacked(session, verified(session, parts))
 
 # %% ../nbs/00_core.ipynb #edd4dfdf
+def _recv_queued(sync:zmq.Socket) -> list[bytes]|None:
+    "The frames of the message queued on `sync`, or None if there is none; `recv_multipart` without its costly option reads"
+    try: frame = sync.recv(zmq.NOBLOCK, copy=False)
+    except zmq.Again: return None
+    parts = [frame.bytes]
+    while frame.more: # ZMQ delivers a multipart message whole: its other frames are there
+        frame = sync.recv(zmq.NOBLOCK, copy=False)
+        parts.append(frame.bytes)
+    return parts
+
 @patch
 def _drain(self:RoutedChannel, sync:zmq.Socket, burst:int) -> int:
     "Route the messages already queued on the socket, read through its synchronous shadow `sync`, until `burst` is reached"
-    while burst < self.burst:
-        try: parts = sync.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again: break
+    while burst < self.burst and (parts := _recv_queued(sync)) is not None:
         self._route(parts)
         burst += 1
     return burst
@@ -412,26 +429,30 @@ def send(self:RoutedChannel, msg:dict):
     else: self._send_counted(msg, key)
 
 # %% ../nbs/00_core.ipynb #5121b86b
+class Queued:
+    "A request waiting in the backlog, compacted: its msg_id, its type and its packed content"
+    __slots__ = ('msg_id', 'msg_type', 'content')
+    def __init__(self, msg_id:str, msg_type:str, content:bytes): self.msg_id,self.msg_type,self.content = msg_id,msg_type,content
+
 _HEADER_KEYS = {'msg_id', 'msg_type', 'username', 'session', 'date', 'version', 'subshell_id'}
 
 @patch
-def _queued(self:RoutedChannel, msg:dict) -> tuple|dict:
-    "What the backlog keeps of `msg`: (msg_id, msg_type, packed content) if the session can make the rest again, else `msg`"
+def _queued(self:RoutedChannel, msg:dict) -> Queued|dict:
+    "What the backlog keeps of `msg`: a `Queued` if the session can make the rest of it again, else `msg` itself"
     h, s = msg['header'], self.session
     if (msg['parent_header'] or msg['metadata'] or msg.get('buffers') or not h.keys() <= _HEADER_KEYS
         or (h.get('username'), h.get('session'), h.get('version')) != (s.username, s.session, protocol_version)): return msg
-    return h['msg_id'], h['msg_type'], s.pack(msg['content'])
+    return Queued(h['msg_id'], h['msg_type'], s.pack(msg['content']))
 
 @patch
-def _unqueued(self:RoutedChannel, item:tuple|dict, key:str|None) -> dict:
+def _unqueued(self:RoutedChannel, item:Queued|dict, key:str|None) -> dict:
     "The message `_queued` kept as `item`, for shell `key`, ready to send"
     if isinstance(item, dict): return item
-    mid, msg_type, content = item
-    msg = self.session.msg(msg_type)
-    msg['header']['msg_id'] = msg['msg_id'] = mid
-    if key is not None: msg['header']['subshell_id'] = key
-    msg['content'] = content
-    return msg
+    s = self.session
+    header = dict(msg_id=item.msg_id, msg_type=item.msg_type, username=s.username, session=s.session, date=utcnow(),
+                  version=protocol_version)
+    if key is not None: header['subshell_id'] = key
+    return dict(header=header, msg_id=item.msg_id, msg_type=item.msg_type, parent_header={}, metadata={}, content=item.content)
 
 # %% ../nbs/00_core.ipynb #66538cd2
 @patch
@@ -451,7 +472,7 @@ def _answered(self:RoutedChannel, mid:str):
     waiting = self.backlog.get(key)
     while waiting and self.open[key] < self.window:
         item = waiting.popleft()
-        mid = item['header']['msg_id'] if isinstance(item, dict) else item[0]
+        mid = item['header']['msg_id'] if isinstance(item, dict) else item.msg_id
         if mid in self.router.abandoned: del self.router.abandoned[mid]
         else: self._send_counted(self._unqueued(item, key), key)
 
