@@ -6,7 +6,7 @@ Docs: https://conkernelclient.github.io/conkernelclient/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #c08a8f4e
 from __future__ import annotations
-import asyncio, contextvars, functools, inspect, itertools, logging, math, time, weakref
+import asyncio, contextvars, functools, itertools, logging, math, time, weakref
 from collections import deque
 from datetime import datetime
 from hmac import compare_digest
@@ -783,50 +783,6 @@ async def wait_for_ready(self:ConKernelClient, timeout:float|None=None):
     except (asyncio.TimeoutError, TimeoutError): raise RuntimeError(f"Kernel didn't respond in {timeout} seconds") from None
     except KernelDiedError: raise RuntimeError("Kernel died before replying to kernel_info") from None
     self.iopub_channel.inbox.msgs.clear()
-
-# %% ../nbs/00_core.ipynb #b097d717
-@patch
-async def execute_interactive(self:ConKernelClient, code:str, silent:bool=False, store_history:bool=True,
-                              user_expressions:dict|None=None, allow_stdin:bool|None=None, stop_on_error:bool=True,
-                              timeout:float|None=None, # seconds for output and reply; `TimeoutError` after that
-                              output_hook:Callable|None=None, # called with each iopub message of this request
-                              stdin_hook:Callable|None=None # called with each input_request; answers with `kc.input`
-                             ) -> dict:
-    "Execute `code`, passing its iopub messages to `output_hook` and its input requests to `stdin_hook`; return its reply"
-    output_hook = output_hook or self._output_hook_default
-    stdin_hook = stdin_hook or self._stdin_hook_default
-    msg = self._execute_msg(code, silent=silent, store_history=store_history, user_expressions=user_expressions,
-                            allow_stdin=allow_stdin, stop_on_error=stop_on_error)
-    mid = msg['header']['msg_id']
-    idle = asyncio.get_running_loop().create_future()
-    hooks:set[asyncio.Future] = set()
-    def fail(e:BaseException):
-        if not idle.done(): idle.set_exception(e)
-    def on_pub(pub):
-        if idle.done(): return
-        try: output_hook(pub)
-        except Exception as e: return fail(e)
-        if pub['msg_type'] == 'status' and pub['content'].get('execution_state') == 'idle': idle.set_result(None)
-    def on_input(req):
-        try: res = stdin_hook(req)
-        except Exception as e: return fail(e)
-        if inspect.isawaitable(res):
-            task = asyncio.ensure_future(res)
-            hooks.add(task)
-            task.add_done_callback(lambda t: t.cancelled() or t.exception() is None or fail(t.exception()))
-    self.iopub_channel.router.watch(mid, on_pub)
-    self.stdin_channel.router.watch(mid, on_input)
-    reply = None
-    try:
-        reply = self._request(self.shell_channel, msg, timeout)
-        try: await asyncio.wait_for(asyncio.shield(idle), timeout)
-        except asyncio.TimeoutError: raise TimeoutError("Timeout waiting for output") from None
-        return await reply
-    finally:
-        self.iopub_channel.router.unwatch(mid)
-        self.stdin_channel.router.unwatch(mid)
-        for fut in (reply, *hooks):
-            if fut is not None and not fut.done(): fut.cancel()
 
 # %% ../nbs/00_core.ipynb #0ef84266
 @patch

@@ -17,7 +17,7 @@ from conkernelclient.core import (ConKernelClient, ConKernelError, ChannelsClose
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['InputHandler', 'EOF', 'SubshellError', 'Outputs', 'Run']
+__all__ = ['InputHandler', 'EOF', 'SubshellError', 'Outputs', 'Run', 'Interactive']
 
 # %% ../nbs/05_run.ipynb #9d09e7f7
 class SubshellError(ConKernelError):
@@ -343,6 +343,55 @@ def run(self:ConKernelClient, code:str,
     run = Run(self, msg, timeout, input, idle_grace)
     run._start()
     return run
+
+# %% ../nbs/05_run.ipynb #27bd497c
+class Interactive(Run):
+    "A `Run` that follows jupyter_client's `execute_interactive` rules: the caller's raw hooks, and no grace for `idle`"
+    def __init__(self, kc:ConKernelClient, msg:dict, timeout:float|None,
+                 output_hook:Callable[[dict],None], # called with each iopub message of the request
+                 stdin_hook:Callable[[dict],object]): # called with each input_request; answers through `kc.input`
+        super().__init__(kc, msg, timeout)
+        self.output_hook,self.stdin_hook = output_hook,stdin_hook
+
+    def _on_pub(self, msg:dict):
+        try: self.output_hook(msg)
+        except Exception as e: return self._finish(e)
+        super()._on_pub(msg)
+
+    def _on_stdin(self, msg:dict):
+        try: res = self.stdin_hook(msg)
+        except Exception as e: return self._finish(e)
+        if not inspect.isawaitable(res): return
+        task = asyncio.ensure_future(res)
+        self._answering.add(task)
+        task.add_done_callback(self._hook_done)
+
+    def _hook_done(self, task:asyncio.Task):
+        self._answering.discard(task)
+        if not task.cancelled() and task.exception() is not None: self._finish(task.exception())
+
+    def _wait_idle(self):
+        "After the reply, wait for `idle` until the deadline, not for a grace period"
+        if self._quiet is None and self.deadline is not None: self._quiet = self._loop.call_at(self.deadline, self._lost_idle)
+
+    def _lost_idle(self): self._finish(TimeoutError("no idle status by the deadline"))
+
+# %% ../nbs/05_run.ipynb #6f8206d5
+@patch
+async def execute_interactive(self:ConKernelClient, code:str, silent:bool=False, store_history:bool=True,
+                              user_expressions:dict|None=None, allow_stdin:bool|None=None, stop_on_error:bool=True,
+                              timeout:float|None=None, # seconds for output and reply; `TimeoutError` after that
+                              output_hook:Callable|None=None, # called with each iopub message of this request
+                              stdin_hook:Callable|None=None # called with each input_request; answers with `kc.input`
+                             ) -> dict:
+    "Execute `code`, passing its iopub messages to `output_hook` and its input requests to `stdin_hook`; return its reply"
+    msg = self._execute_msg(code, silent=silent, store_history=store_history, user_expressions=user_expressions,
+                            allow_stdin=allow_stdin, stop_on_error=stop_on_error)
+    self.shell_channel.check_loop()
+    run = Interactive(self, msg, timeout, output_hook or self._output_hook_default, stdin_hook or self._stdin_hook_default)
+    run._start()
+    try: return (await run).reply
+    except TimeoutError: raise TimeoutError(f"Timeout waiting for {'reply' if run.idle else 'output'}") from None
 
 # %% ../nbs/05_run.ipynb #87f4f114
 _NO_REPLY = ('comm_open', 'comm_msg', 'comm_close')
