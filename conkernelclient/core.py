@@ -21,7 +21,7 @@ from jupyter_client.channels import AsyncZMQSocketChannel
 from jupyter_client.ioloop import AsyncIOLoopKernelManager
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.jsonutil import ISO8601_PAT, extract_dates, parse_date
-from jupyter_client.session import DELIM, Session, new_id, protocol_version, utcnow
+from jupyter_client.session import DELIM, Session, msg_header, new_id, protocol_version
 from traitlets import DottedObjectName, Float, Integer, Type
 
 log = logging.getLogger(__name__)
@@ -448,9 +448,7 @@ def _queued(self:RoutedChannel, msg:dict) -> Queued|dict:
 def _unqueued(self:RoutedChannel, item:Queued|dict, key:str|None) -> dict:
     "The message `_queued` kept as `item`, for shell `key`, ready to send"
     if isinstance(item, dict): return item
-    s = self.session
-    header = dict(msg_id=item.msg_id, msg_type=item.msg_type, username=s.username, session=s.session, date=utcnow(),
-                  version=protocol_version)
+    header = msg_header(item.msg_id, item.msg_type, self.session.username, self.session.session)
     if key is not None: header['subshell_id'] = key
     return dict(header=header, msg_id=item.msg_id, msg_type=item.msg_type, parent_header={}, metadata={}, content=item.content)
 
