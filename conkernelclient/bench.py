@@ -121,7 +121,7 @@ async def drain(kc:AsyncKernelClient, quiet:float=0.05):
 
 async def settle(kc:ConKernelClient, quiet:float=0.05):
     "Discard the iopub messages `kc` kept in its inbox, until none arrives for `quiet` seconds"
-    await kc.iopub_channel.get_msgs()
+    kc.iopub_channel.inbox.clear()
     await kc.get_pubs(quiet)
 
 # %% ../nbs/04_bench.ipynb #c7daae6c

@@ -117,10 +117,15 @@ def __iter__(self:Inbox):
     return (m for m in map(self._open, list(self.msgs)) if m is not None)
 
 @patch
+def clear(self:Inbox):
+    "Throw away every message kept, without decoding it"
+    self.msgs.clear()
+
+@patch
 def drain(self:Inbox) -> list[dict]:
     "Take every message kept"
     msgs = list(self)
-    self.msgs.clear()
+    self.clear()
     return msgs
 
 # %% ../nbs/00_core.ipynb #64efff19
@@ -642,7 +647,7 @@ class Starting:
             closed = self.kc.shell_channel.router.closed
             if self.handshake.cancelled() and closed: raise closed from None
             raise
-        self.kc.iopub_channel.inbox.msgs.clear()
+        self.kc.iopub_channel.inbox.clear()
         return self.kc
 
 # %% ../nbs/00_core.ipynb #50cc9758
@@ -780,7 +785,7 @@ async def wait_for_ready(self:ConKernelClient, timeout:float|None=None):
     try: await asyncio.wait_for(self._answering(), timeout)
     except (asyncio.TimeoutError, TimeoutError): raise RuntimeError(f"Kernel didn't respond in {timeout} seconds") from None
     except KernelDiedError: raise RuntimeError("Kernel died before replying to kernel_info") from None
-    self.iopub_channel.inbox.msgs.clear()
+    self.iopub_channel.inbox.clear()
 
 # %% ../nbs/00_core.ipynb #0ef84266
 @patch
