@@ -235,9 +235,15 @@ def _on_stdin(self:Run, msg:dict):
         log.warning("run %s has no input handler, yet the kernel asked for input (prompt %r): answered EOF",
                     self.msg_id, msg['content'].get('prompt'))
         return self._send_input(msg, EOF)
-    task = asyncio.ensure_future(self._answer(msg))
+    self._answer_in_task(self._answer(msg))
+
+@patch
+def _answer_in_task(self:Run, answer:Awaitable) -> asyncio.Task:
+    "Run `answer` as one of the run's answering tasks, which the run cancels when it ends"
+    task = asyncio.ensure_future(answer)
     self._answering.add(task)
     task.add_done_callback(self._answering.discard)
+    return task
 
 # %% ../nbs/05_run.ipynb #bc321b3f
 @patch
@@ -361,13 +367,9 @@ class Interactive(Run):
     def _on_stdin(self, msg:dict):
         try: res = self.stdin_hook(msg)
         except Exception as e: return self._finish(e)
-        if not inspect.isawaitable(res): return
-        task = asyncio.ensure_future(res)
-        self._answering.add(task)
-        task.add_done_callback(self._hook_done)
+        if inspect.isawaitable(res): self._answer_in_task(res).add_done_callback(self._hook_done)
 
     def _hook_done(self, task:asyncio.Task):
-        self._answering.discard(task)
         if not task.cancelled() and task.exception() is not None: self._finish(task.exception())
 
     def _wait_idle(self):
