@@ -1,3 +1,3 @@
 __version__ = "0.0.1"
 from .core import *
-from .run import *
+from .requests import *
