@@ -6,11 +6,11 @@ Docs: https://conkernelclient.github.io/conkernelclient/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #c08a8f4e
 from __future__ import annotations
-import asyncio, contextvars, functools, itertools, logging, math, time, weakref
+import asyncio, contextvars, itertools, logging, math, time, weakref
 from collections import deque
 from datetime import datetime
 from hmac import compare_digest
-from typing import Callable
+from typing import Callable, Iterator
 from queue import Empty
 
 import zmq, zmq.asyncio
@@ -22,15 +22,14 @@ from jupyter_client.ioloop import AsyncIOLoopKernelManager
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.jsonutil import ISO8601_PAT, extract_dates, parse_date
 from jupyter_client.session import DELIM, Session, msg_header, new_id, protocol_version
-from traitlets import DottedObjectName, Float, Integer, Type
+from traitlets import DottedObjectName, Float, Integer, Type, default, validate
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['ConKernelError', 'KernelDiedError', 'ChannelsClosedError', 'KernelRestartedError', 'SubshellsUnsupportedError',
-           'WrongLoopError', 'patch_session_send', 'Inbox', 'Router', 'ReplyFuture', 'RoutedChannel', 'verified',
-           'unpacked', 'decode', 'Queued', 'unbounded_context', 'ConKernelClient', 'ConKernelManager', 'Starting',
-           'ConIOLoopKernelManager']
+           'WrongLoopError', 'ConSession', 'Inbox', 'Router', 'ReplyFuture', 'Follower', 'is_idle', 'RoutedChannel',
+           'unbounded_context', 'ConKernelClient', 'ConKernelManager', 'ConIOLoopKernelManager']
 
 # %% ../nbs/00_core.ipynb #b5e7e8a1
 class ConKernelError(Exception):
@@ -56,22 +55,74 @@ class SubshellsUnsupportedError(ConKernelError):
 class WrongLoopError(ConKernelError):
     "The client was used from a thread or event loop other than the one its channels run on"
 
-# %% ../nbs/00_core.ipynb #6732467f
-def _send_and_rearm(send):
-    "Wrap a `Session` send method so that a send through an asyncio socket re-arms receives parked on it"
-    @functools.wraps(send)
-    def _send(self, stream, *args, **kwargs):
-        res = send(self, stream, *args, **kwargs)
-        if isinstance(stream, zmq.asyncio.Socket) and not stream.closed: stream.get(zmq.EVENTS)
-        return res
-    _send.rearms = True
-    return _send
+# %% ../nbs/00_core.ipynb #5de81763
+class ConSession(Session):
+    "A `Session` whose sends wake receives parked on the same asyncio socket, and whose `deserialize` is fast"
+    @classmethod
+    def of(cls, session:Session) -> ConSession:
+        "`session` itself if it is a `ConSession`, else a `ConSession` with the same settings, identity and key"
+        if isinstance(session, cls): return session
+        new = cls(parent=session.parent)
+        for name in session.traits(): setattr(new, name, getattr(session, name))
+        return new
 
-# %% ../nbs/00_core.ipynb #760df9d4
-def patch_session_send():
-    "Make `Session.send` and `Session.send_raw` re-arm parked asyncio receives; patching twice is the same as once"
-    if not getattr(Session.send, 'rearms', False): Session.send = _send_and_rearm(Session.send)
-    if not getattr(Session.send_raw, 'rearms', False): Session.send_raw = _send_and_rearm(Session.send_raw)
+# %% ../nbs/00_core.ipynb #79a0671d
+def _rearm(stream):
+    "Read `zmq.EVENTS` through asyncio socket `stream`, so that pyzmq wakes a receive parked on it"
+    if isinstance(stream, zmq.asyncio.Socket) and not stream.closed: stream.get(zmq.EVENTS)
+
+@patch
+def send(self:ConSession, stream, msg_or_type, *args, **kwargs):
+    "`Session.send`, then wake a receive parked on `stream`"
+    res = Session.send(self, stream, msg_or_type, *args, **kwargs)
+    _rearm(stream)
+    return res
+
+@patch
+def send_raw(self:ConSession, stream, msg_list, *args, **kwargs):
+    "`Session.send_raw`, then wake a receive parked on `stream`"
+    Session.send_raw(self, stream, msg_list, *args, **kwargs)
+    _rearm(stream)
+
+# %% ../nbs/00_core.ipynb #3ebdbf40
+def _dates(obj:dict) -> dict:
+    "`extract_dates` of a header dict, in place: its ISO 8601 strings become aware datetimes"
+    for k, v in obj.items():
+        if isinstance(v, str):
+            if not ISO8601_PAT.match(v): continue
+            try: dt = datetime.fromisoformat(v[:-1] + '+00:00' if v[-1] == 'Z' else v) # Python 3.10 does not read 'Z'
+            except ValueError: dt = None
+            obj[k] = dt if dt is not None and dt.tzinfo is not None else parse_date(v)
+        elif isinstance(v, (dict, list, tuple)): obj[k] = extract_dates(v)
+    return obj
+
+# %% ../nbs/00_core.ipynb #3948aa46
+@patch
+def check(self:ConSession, frames:list[bytes]) -> list[bytes]:
+    "`frames` (a message after its delimiter), checked as `Session.deserialize` checks them: signed, new, valid, whole"
+    if self.auth is not None:
+        sig = frames[0]
+        if not sig: raise ValueError("Unsigned Message")
+        if sig in self.digest_history: raise ValueError(f"Duplicate Signature: {sig!r}")
+        self._add_digest(sig)
+        if not compare_digest(sig, self.sign(frames[1:5])): raise ValueError(f"Invalid Signature: {sig!r}")
+    if len(frames) < 5: raise TypeError("malformed message, must have at least 5 elements")
+    return frames
+
+@patch
+def unpack_frames(self:ConSession, frames:list[bytes], parent:dict|None=None) -> dict:
+    "The message dict of `check`ed frames, as `deserialize` makes it; `parent`: the parent header, if already unpacked"
+    header = _dates(self.unpack(frames[1]))
+    return adapt(dict(header=header, msg_id=header['msg_id'], msg_type=header['msg_type'],
+                      parent_header=_dates(self.unpack(frames[2]) if parent is None else parent),
+                      metadata=self.unpack(frames[3]), content=self.unpack(frames[4]),
+                      buffers=[memoryview(b) for b in frames[5:]]))
+
+@patch
+def deserialize(self:ConSession, msg_list:list, content:bool=True, copy:bool=True) -> dict:
+    "`Session.deserialize`, faster: the fast path takes whole messages as bytes, anything else goes to jupyter_client's"
+    if not (content and copy): return Session.deserialize(self, msg_list, content=content, copy=copy)
+    return self.unpack_frames(self.check(msg_list))
 
 # %% ../nbs/00_core.ipynb #17897cb6
 class Inbox:
@@ -146,13 +197,17 @@ async def get(self:Inbox,
 
 # %% ../nbs/00_core.ipynb #178c4fdc
 @patch
+def taking(self:Inbox, mid:str) -> Iterator[dict]:
+    "Remove and yield, oldest first, the messages whose parent is request `mid`; those not yet yielded stay if you stop"
+    for entry in [e for e in self.msgs if e[0] == mid]:
+        self.msgs.remove(entry)
+        msg = self._open(entry)
+        if msg is not None: yield msg
+
+@patch
 def take(self:Inbox, mid:str) -> dict|None:
     "Remove and return the first message whose parent is request `mid`, if there is one"
-    for entry in list(self.msgs):
-        if entry[0] == mid:
-            self.msgs.remove(entry)
-            msg = self._open(entry)
-            if msg is not None: return msg
+    return next(self.taking(mid), None)
 
 # %% ../nbs/00_core.ipynb #b97f7634
 @patch
@@ -168,9 +223,9 @@ class Router:
                  inbox:Inbox, # where messages that no request claims go
                  forget_after:int=10_000): # msg_ids of abandoned requests remembered, to drop their late replies
         self.inbox,self.forget_after = inbox,forget_after
-        self.pending:dict[str,ReplyFuture] = {}
-        self.watchers:dict[str,Callable[[dict],None]] = {}
-        self.abandoned:dict[str,None] = {}
+        self.pending:dict[str,ReplyFuture] = {} # the reply future of each request in flight
+        self.following:dict[str,Follower] = {} # the follower of each request whose other messages someone wants
+        self.abandoned:dict[str,None] = {} # requests given up on, whose late reply is dropped
         self.closed:ConKernelError|None = None
         self.context = contextvars.Context()
         self.timer:asyncio.TimerHandle|None = None # the one timer of the table: it fires at the earliest deadline
@@ -242,20 +297,18 @@ def abandon(self:Router, mid:str):
 # %% ../nbs/00_core.ipynb #4432d518
 @patch
 def claims(self:Router, mid:str|None) -> bool:
-    "Does a message whose parent is request `mid` go to a future or a watcher, or get dropped, rather than to the inbox?"
-    return mid in self.pending or mid in self.watchers or mid in self.abandoned
+    "Does a message whose parent is request `mid` go to a future or a follower, or get dropped, rather than to the inbox?"
+    return mid in self.pending or mid in self.following or mid in self.abandoned
 
 @patch
 def deliver(self:Router, msg:dict):
-    "Resolve the future waiting for `msg`, or pass it to its watcher; drop a late reply to an abandoned request; keep the rest"
+    "Resolve the future waiting for `msg`, or pass it to its follower; drop a late reply to an abandoned request; keep the rest"
     mid = msg['parent_header'].get('msg_id')
     fut = self.pending.pop(mid, None)
     if fut is not None:
         if not fut.done(): fut.set_result(msg)
         else: log.debug("dropped %s for request %s, which ended just before it", msg['msg_type'], mid)
-    elif mid in self.watchers:
-        try: self.watchers[mid](msg)
-        except Exception: log.exception("watcher of request %s failed on a %s", mid, msg['msg_type'])
+    elif mid in self.following: self._pass(self.following[mid], msg)
     elif mid in self.abandoned:
         del self.abandoned[mid]
         log.debug("dropped late %s for abandoned request %s", msg['msg_type'], mid)
@@ -264,11 +317,12 @@ def deliver(self:Router, msg:dict):
 # %% ../nbs/00_core.ipynb #6e42ca43
 @patch
 def fail(self:Router, exc:ConKernelError):
-    "Fail every request in flight with `exc`; the table stays open for new requests"
+    "Fail every request in flight, and every follower, with `exc`; the table stays open for new requests"
     pending,self.pending = self.pending,{}
+    following,self.following = self.following,{}
     if self.timer is not None: self.timer.cancel()
     self.timer = None
-    for fut in pending.values():
+    for fut in (*pending.values(), *following.values()):
         if not fut.done(): fut.set_exception(exc)
 
 # %% ../nbs/00_core.ipynb #8eba75b2
@@ -281,25 +335,54 @@ def close(self:Router, exc:ConKernelError):
     self.inbox.close(exc)
 
 # %% ../nbs/00_core.ipynb #96832c7b
+class Follower(asyncio.Future):
+    "The future of `Router.follow`: `msg_id` is the request followed, `on_msg` sees each of its messages"
+    __slots__ = ('msg_id', 'on_msg', 'table')
+
+    def cancel(self, msg=None) -> bool:
+        "Stop following at once: the request's next message goes to the inbox"
+        if self.table.get(self.msg_id) is self: del self.table[self.msg_id]
+        return super().cancel(msg)
+
+def is_idle(msg:dict) -> bool:
+    "Is `msg` the `idle` status that ends a request's iopub messages?"
+    return msg['msg_type'] == 'status' and msg['content'].get('execution_state') == 'idle'
+
+# %% ../nbs/00_core.ipynb #49eaa3f2
 @patch
-def watch(self:Router, mid:str, on_msg:Callable[[dict],None]):
-    "Pass every message whose parent is request `mid` to `on_msg`, until `unwatch(mid)`"
+def follow(self:Router, mid:str,
+           on_msg:Callable[[dict],object] # sees each message of request `mid`; a true result resolves the follower with it
+          ) -> Follower:
+    "Pass each message of request `mid`, those in the inbox first, to `on_msg` until it returns true; cancel to stop"
     if self.closed: raise self.closed
-    self.watchers[mid] = on_msg
+    if mid in self.following: raise ValueError(f"request {mid} is followed already on this channel")
+    fol = self.following[mid] = Follower(loop=asyncio.get_running_loop())
+    fol.msg_id, fol.on_msg, fol.table = mid, on_msg, self.following
+    for msg in self.inbox.taking(mid):
+        self._pass(fol, msg)
+        if fol.done(): break
+    return fol
 
 @patch
-def unwatch(self:Router, mid:str):
-    "Stop watching request `mid`; its later messages go to the inbox"
-    del self.watchers[mid]
+def _pass(self:Router, fol:Follower, msg:dict):
+    "Give `msg` to follower `fol`: resolve it if `on_msg` says so, fail it if `on_msg` raises"
+    try: hit = fol.on_msg(msg)
+    except Exception as e: hit, err = False, e
+    else: err = None
+    if fol.done() or not (hit or err): return # `on_msg` may have cancelled its own follower
+    del self.following[fol.msg_id] # at once: the request's next message must not reach a follower that is done
+    if err is not None: fol.set_exception(err)
+    else: fol.set_result(msg)
 
 # %% ../nbs/00_core.ipynb #9696eb82
 class RoutedChannel(AsyncZMQSocketChannel):
     "A channel whose socket is read only by its reader task, which routes each message by its parent msg_id"
     def __init__(self, socket:zmq.asyncio.Socket, session:Session, loop=None):
-        super().__init__(socket, session, loop)
-        self.inbox = Inbox(decode=functools.partial(unpacked, session))
+        super().__init__(socket, ConSession.of(session), loop)
+        self.inbox = Inbox(decode=self.session.unpack_frames)
         self.router = Router(self.inbox)
         self.reader:asyncio.Task|None = None
+        self.teardown:Callable[[ConKernelError],None] = self.close # what a reader that stops by itself calls
         self.burst = 50
         self.loop:asyncio.AbstractEventLoop|None = None
         self.parked = asyncio.Event()
@@ -332,48 +415,12 @@ async def _read(self:RoutedChannel):
                 burst = 0
                 await asyncio.sleep(0)
     except asyncio.CancelledError:
-        if self.reader is asyncio.current_task(): self.close(ChannelsClosedError("the client's channels were stopped"))
-    except zmq.ZMQError as e: self.close(ChannelsClosedError(f"socket closed: {e}"))
+        if self.reader is asyncio.current_task() and not self.router.closed:
+            self.teardown(ChannelsClosedError("a channel's reader was cancelled"))
+    except zmq.ZMQError as e: self.teardown(ChannelsClosedError(f"a channel's socket failed: {e}"))
     except Exception as e:
         log.exception("reader of %s failed", self.socket)
-        self.close(ChannelsClosedError(f"the channel's reader failed: {e!r}"))
-
-# %% ../nbs/00_core.ipynb #5fa3e3c8
-def _dates(obj:dict) -> dict:
-    "`extract_dates` of a header dict, in place: its ISO 8601 strings become aware datetimes"
-    for k, v in obj.items():
-        if isinstance(v, str):
-            if not ISO8601_PAT.match(v): continue
-            try: dt = datetime.fromisoformat(v[:-1] + '+00:00' if v[-1] == 'Z' else v) # Python 3.10 does not read 'Z'
-            except ValueError: dt = None
-            obj[k] = dt if dt is not None and dt.tzinfo is not None else parse_date(v)
-        elif isinstance(v, (dict, list, tuple)): obj[k] = extract_dates(v)
-    return obj
-
-# %% ../nbs/00_core.ipynb #5fe34fb4
-def verified(session:Session, parts:list[bytes]) -> list[bytes]:
-    "The frames after the delimiter of the multipart message `parts`, checked as `Session.deserialize` checks them"
-    frames = parts[parts.index(DELIM) + 1:]
-    if session.auth is not None:
-        sig = frames[0]
-        if not sig: raise ValueError("Unsigned Message")
-        if sig in session.digest_history: raise ValueError(f"Duplicate Signature: {sig!r}")
-        session._add_digest(sig)
-        if not compare_digest(sig, session.sign(frames[1:5])): raise ValueError(f"Invalid Signature: {sig!r}")
-    if len(frames) < 5: raise TypeError("malformed message, must have at least 5 elements")
-    return frames
-
-def unpacked(session:Session, frames:list[bytes], parent:dict|None=None) -> dict:
-    "The message dict of `verified` frames, as `Session.deserialize` makes it; `parent`: the parent header, if already unpacked"
-    header = _dates(session.unpack(frames[1]))
-    return adapt(dict(header=header, msg_id=header['msg_id'], msg_type=header['msg_type'],
-                      parent_header=_dates(session.unpack(frames[2]) if parent is None else parent),
-                      metadata=session.unpack(frames[3]), content=session.unpack(frames[4]),
-                      buffers=[memoryview(b) for b in frames[5:]]))
-
-def decode(session:Session, parts:list[bytes]) -> dict:
-    "The message dict of the multipart message `parts`, as `session.deserialize(session.feed_identities(parts)[1])` makes it"
-    return unpacked(session, verified(session, parts))
+        self.teardown(ChannelsClosedError(f"a channel's reader failed: {e!r}"))
 
 # %% ../nbs/00_core.ipynb #edd4dfdf
 def _recv_queued(sync:zmq.Socket) -> list[bytes]|None:
@@ -399,11 +446,11 @@ def _drain(self:RoutedChannel, sync:zmq.Socket, burst:int) -> int:
 def _route(self:RoutedChannel, parts:list[bytes]):
     "Check one multipart message and deliver it, or keep it undecoded if nobody claims it; log and skip what cannot be read"
     try:
-        frames = verified(self.session, parts)
+        frames = self.session.check(parts[parts.index(DELIM) + 1:])
         parent = self.session.unpack(frames[2])
         mid = parent.get('msg_id')
         if not (mid is None or isinstance(mid, str)): raise TypeError(f"parent msg_id is a {type(mid).__name__}")
-        msg = unpacked(self.session, frames, parent) if mid in self.unanswered or self.router.claims(mid) else None
+        msg = self.session.unpack_frames(frames, parent) if mid in self.unanswered or self.router.claims(mid) else None
     except Exception as e:
         log.warning("skipped an unreadable message: %r", e)
         return
@@ -434,7 +481,7 @@ def send(self:RoutedChannel, msg:dict):
     else: self._send_counted(msg, key)
 
 # %% ../nbs/00_core.ipynb #5121b86b
-class Queued:
+class _Queued:
     "A request waiting in the backlog, compacted: its msg_id, its type and its packed content"
     __slots__ = ('msg_id', 'msg_type', 'content')
     def __init__(self, msg_id:str, msg_type:str, content:bytes): self.msg_id,self.msg_type,self.content = msg_id,msg_type,content
@@ -442,15 +489,15 @@ class Queued:
 _HEADER_KEYS = {'msg_id', 'msg_type', 'username', 'session', 'date', 'version', 'subshell_id'}
 
 @patch
-def _queued(self:RoutedChannel, msg:dict) -> Queued|dict:
-    "What the backlog keeps of `msg`: a `Queued` if the session can make the rest of it again, else `msg` itself"
+def _queued(self:RoutedChannel, msg:dict) -> _Queued|dict:
+    "What the backlog keeps of `msg`: a `_Queued` if the session can make the rest of it again, else `msg` itself"
     h, s = msg['header'], self.session
     if (msg['parent_header'] or msg['metadata'] or msg.get('buffers') or not h.keys() <= _HEADER_KEYS
         or (h.get('username'), h.get('session'), h.get('version')) != (s.username, s.session, protocol_version)): return msg
-    return Queued(h['msg_id'], h['msg_type'], s.pack(msg['content']))
+    return _Queued(h['msg_id'], h['msg_type'], s.pack(msg['content']))
 
 @patch
-def _unqueued(self:RoutedChannel, item:Queued|dict, key:str|None) -> dict:
+def _unqueued(self:RoutedChannel, item:_Queued|dict, key:str|None) -> dict:
     "The message `_queued` kept as `item`, for shell `key`, ready to send"
     if isinstance(item, dict): return item
     header = msg_header(item.msg_id, item.msg_type, self.session.username, self.session.session)
@@ -559,17 +606,22 @@ class ConKernelClient(AsyncKernelClient):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        patch_session_send()
         self.kernel_info_reply:dict|None = None
         self.restarting = False
         self.displays:dict[str,weakref.WeakValueDictionary] = {}
         self.stdin_turns:deque = deque()
         self._starting:asyncio.Task|None = None
-        self._watcher:asyncio.Task|None = None
+        self._liveness:asyncio.Task|None = None
 
     def _context_default(self) -> zmq.asyncio.Context:
         self._created_context = True
         return unbounded_context()
+
+    @default('session')
+    def _session_default(self) -> ConSession: return ConSession(parent=self)
+
+    @validate('session')
+    def _own_session(self, proposal) -> ConSession: return ConSession.of(proposal['value'])
 
     @property
     def routed(self) -> list[RoutedChannel]:
@@ -604,7 +656,7 @@ def client(self:ConKernelManager, **kwargs) -> ConKernelClient:
 
 # %% ../nbs/00_core.ipynb #142f2f4a
 @patch
-async def _watch(self:ConKernelClient):
+async def _check_liveness(self:ConKernelClient):
     "Close the client with `KernelDiedError` once the kernel is gone for good"
     while True:
         await asyncio.sleep(self.liveness_interval)
@@ -619,7 +671,7 @@ def _close(self:ConKernelClient, exc:ConKernelError):
     "The client's one teardown path: close every routed channel with `exc`, then the rest, then the client's tasks"
     for ch in self.routed: ch.close(exc)
     AsyncKernelClient.stop_channels(self)
-    for task in (self._starting, self._watcher): _cancel(task)
+    for task in (self._starting, self._liveness): _cancel(task)
 
 # %% ../nbs/00_core.ipynb #92b00fbc
 @patch
@@ -631,12 +683,12 @@ def stop_channels(self:ConKernelClient):
 @patch
 async def astop_channels(self:ConKernelClient):
     "Stop every channel like `stop_channels`, then wait until the client's tasks have all exited"
-    tasks = [t for t in (*(ch.reader for ch in self.routed), self._starting, self._watcher) if t is not None]
+    tasks = [t for t in (*(ch.reader for ch in self.routed), self._starting, self._liveness) if t is not None]
     self.stop_channels()
     if tasks: await asyncio.wait(tasks)
 
 # %% ../nbs/00_core.ipynb #c7bda4cb
-class Starting:
+class _Starting:
     "The start-up handshake, running in the background: awaiting it waits until the kernel answers and returns the client"
     def __init__(self, kc:ConKernelClient, handshake:asyncio.Task): self.kc,self.handshake = kc,handshake
     def __await__(self): return self._ready().__await__()
@@ -653,28 +705,29 @@ class Starting:
 # %% ../nbs/00_core.ipynb #50cc9758
 @patch
 def start_channels(self:ConKernelClient, shell:bool=True, iopub:bool=True, stdin:bool=True, hb:bool=True,
-                   control:bool=True) -> Starting:
+                   control:bool=True) -> _Starting:
     "Start the channels and their readers (needs a running loop); await the result to wait until the kernel answers"
     self.shell_channel.window = self.window
+    for ch in self.routed: ch.teardown = self._close
     AsyncKernelClient.start_channels(self, shell=shell, iopub=iopub, stdin=stdin, hb=hb, control=control)
     self._starting = asyncio.ensure_future(self._until_ready())
-    return Starting(self, self._starting)
+    return _Starting(self, self._starting)
 
 # %% ../nbs/00_core.ipynb #006a9e76
 @patch
 async def _until_ready(self:ConKernelClient) -> ConKernelClient:
-    "Wait for the readers to park, then for the handshake; start the liveness watcher, or close the client if it fails"
+    "Wait for the readers to park, then for the handshake; start the liveness check, or close the client if it fails"
     await asyncio.gather(*(ch.parked.wait() for ch in self.routed))
-    try: await self._answering()
+    try: await self._until_answered()
     except (ConKernelError, TimeoutError) as e:
         self._close(e if isinstance(e, ConKernelError) else ChannelsClosedError(f"start-up failed: {e}"))
         raise
-    self._watcher = asyncio.ensure_future(self._watch())
+    self._liveness = asyncio.ensure_future(self._check_liveness())
     return self
 
 # %% ../nbs/00_core.ipynb #895df883
 @patch
-async def _answering(self:ConKernelClient):
+async def _until_answered(self:ConKernelClient):
     "Repeat the handshake until the kernel answers: `KernelDiedError` if it dies, `TimeoutError` after `startup_timeout`"
     deadline = time.monotonic() + self.startup_timeout
     channels = itertools.cycle((self.shell_channel, self.control_channel))
@@ -687,16 +740,12 @@ async def _answering(self:ConKernelClient):
 async def _handshake(self:ConKernelClient, ch:RoutedChannel, timeout:float=1) -> bool:
     "Send `kernel_info_request` on `ch`: did its reply, and its `idle` status on iopub, arrive within `timeout` seconds?"
     msg = self.session.msg('kernel_info_request')
-    mid = msg['header']['msg_id']
-    idle = asyncio.get_running_loop().create_future()
-    def on_pub(pub):
-        if pub['content'].get('execution_state') == 'idle' and not idle.done(): idle.set_result(pub)
-    self.iopub_channel.router.watch(mid, on_pub)
+    idle = self.iopub_channel.router.follow(msg['header']['msg_id'], is_idle)
     try:
         reply = await self._request(ch, msg, timeout)
         await asyncio.wait_for(idle, timeout)
     except (TimeoutError, asyncio.TimeoutError): return False
-    finally: self.iopub_channel.router.unwatch(mid)
+    finally: idle.cancel()
     self._handle_kernel_info_reply(reply)
     self.kernel_info_reply = reply
     return True
@@ -758,6 +807,15 @@ def _require_subshells(self:ConKernelClient):
            else "its kernel_info_reply does not list 'kernel subshells' in supported_features")
     raise SubshellsUnsupportedError(f"this kernel cannot run subshells ({why}); leave subshell_id=None for the main shell")
 
+# %% ../nbs/00_core.ipynb #83281c0e
+@patch
+async def _recv_reply(self:ConKernelClient, msg_id:str, timeout:float|None=None, channel:str='shell') -> dict:
+    "Reply to the already-sent request `msg_id`: taken from the inbox if it arrived, otherwise routed"
+    if channel not in ('shell', 'control'): raise ValueError(f"replies come on 'shell' or 'control', not {channel!r}")
+    ch = self.shell_channel if channel == 'shell' else self.control_channel
+    ch.check_loop()
+    return ch.inbox.take(msg_id) or await ch.router.expect(msg_id, timeout)
+
 # %% ../nbs/00_core.ipynb #91bdb7da
 @patch
 async def get_pubs(self:ConKernelClient,
@@ -769,20 +827,11 @@ async def get_pubs(self:ConKernelClient,
         try: msgs.append(await self.iopub_channel.get_msg(timeout=timeout))
         except Empty: return msgs
 
-# %% ../nbs/00_core.ipynb #83281c0e
-@patch
-async def _recv_reply(self:ConKernelClient, msg_id:str, timeout:float|None=None, channel:str='shell') -> dict:
-    "Reply to the already-sent request `msg_id`: taken from the inbox if it arrived, otherwise routed"
-    if channel not in ('shell', 'control'): raise ValueError(f"replies come on 'shell' or 'control', not {channel!r}")
-    ch = self.shell_channel if channel == 'shell' else self.control_channel
-    ch.check_loop()
-    return ch.inbox.take(msg_id) or await ch.router.expect(msg_id, timeout)
-
 # %% ../nbs/00_core.ipynb #320347a3
 @patch
 async def wait_for_ready(self:ConKernelClient, timeout:float|None=None):
     "Wait until the kernel answers the handshake, then drop unclaimed iopub messages; `RuntimeError` as jupyter_client raises"
-    try: await asyncio.wait_for(self._answering(), timeout)
+    try: await asyncio.wait_for(self._until_answered(), timeout)
     except (asyncio.TimeoutError, TimeoutError): raise RuntimeError(f"Kernel didn't respond in {timeout} seconds") from None
     except KernelDiedError: raise RuntimeError("Kernel died before replying to kernel_info") from None
     self.iopub_channel.inbox.clear()
@@ -790,7 +839,7 @@ async def wait_for_ready(self:ConKernelClient, timeout:float|None=None):
 # %% ../nbs/00_core.ipynb #0ef84266
 @patch
 def _kernel_restarting(self:ConKernelClient, exc:KernelRestartedError):
-    "Fail what is in flight with `exc`, drop what was not yet sent, and hold the watcher off until the new kernel answers"
+    "Fail what is in flight with `exc`, drop what was not yet sent, and hold the liveness check off until the new kernel answers"
     if self.restarting: return
     self.restarting = True
     for ch in self.routed: ch.forget(exc)
@@ -802,8 +851,8 @@ def _kernel_restarting(self:ConKernelClient, exc:KernelRestartedError):
 # %% ../nbs/00_core.ipynb #5473c94e
 @patch
 async def _kernel_restarted(self:ConKernelClient):
-    "Handshake with the new kernel, then let the watcher watch it; if it never answers, close the client"
-    try: await self._answering()
+    "Handshake with the new kernel, then let the liveness check watch it; if it never answers, close the client"
+    try: await self._until_answered()
     except (ConKernelError, TimeoutError) as e:
         self._close(KernelDiedError(f"the restarted kernel did not answer: {e}"))
         raise

@@ -11,8 +11,8 @@ from collections import deque
 from typing import AsyncIterator, Awaitable, Callable
 
 from fastcore.basics import patch
-from conkernelclient.core import (ConKernelClient, ConKernelError, ChannelsClosedError, KernelDiedError, ReplyFuture, Router,
-                                  SubshellsUnsupportedError)
+from conkernelclient.core import (ConKernelClient, ConKernelError, ChannelsClosedError, Follower, KernelDiedError, ReplyFuture, Router,
+                                  SubshellsUnsupportedError, is_idle)
 
 log = logging.getLogger(__name__)
 
@@ -122,23 +122,23 @@ class Run:
         self._done.add_done_callback(self._close)
         self._arrived = asyncio.Event() # set at each message and at the end, for iterators
         self._reply_fut:ReplyFuture|None = None
-        self._watched:list = [] # routers watching this request, to unwatch at the end
+        self._followers:list[Follower] = [] # of this request's iopub and stdin messages, cancelled at the end
         self._quiet:asyncio.TimerHandle|None = None # after the reply: when to give up waiting for `idle`
         self._asked:dict[str,dict] = {} # input_requests not answered yet, by msg_id
-        self._answering:set[asyncio.Task] = set() # tasks running the input handler
+        self._answer_tasks:set[asyncio.Task] = set() # tasks running the input handler
         self._input_error:Exception|None = None # what the input handler raised, if it did
 
 # %% ../nbs/01_requests.ipynb #6e0b7a9a
 @patch
 def _start(self:Run):
-    "Register the reply future and both watchers, then send now, or when this run's stdin turn comes"
+    "Register the reply future and both followers, then send now, or when this run's stdin turn comes"
     kc = self.kc
     try:
         self._reply_fut = kc.shell_channel.router.expect(self.msg_id, self.timeout)
         self._reply_fut.add_done_callback(self._on_reply)
         for ch,on_msg in ((kc.iopub_channel, self._on_pub), (kc.stdin_channel, self._on_stdin)):
-            ch.router.watch(self.msg_id, on_msg)
-            self._watched.append(ch.router)
+            self._followers.append(ch.router.follow(self.msg_id, on_msg))
+            self._followers[-1].add_done_callback(self._on_follower_end)
         if self.input is None: self._send()
         else: self._take_turn()
     except BaseException:
@@ -174,16 +174,23 @@ def _release_turn(self:Run):
 
 # %% ../nbs/01_requests.ipynb #7a047b78
 @patch
-def _on_pub(self:Run, msg:dict):
-    "iopub watcher: keep `msg`, apply it to the outputs, complete at `idle` once the reply is in"
+def _on_pub(self:Run, msg:dict) -> bool:
+    "iopub follower: keep `msg`, apply it to the outputs, complete at `idle` once the reply is in; is it the `idle`?"
     self.msgs.append(msg)
     self._arrived.set()
     try: self._apply(msg)
     except Exception: log.exception("run %s: could not apply a %s message to its outputs", self.msg_id, msg.get('msg_type'))
-    if msg['msg_type'] == 'status' and msg['content'].get('execution_state') == 'idle':
+    if is_idle(msg):
         self.idle = True
         if self.reply is not None: self._finish()
-    elif self.reply is not None: self._wait_idle()
+        return True
+    if self.reply is not None: self._wait_idle()
+    return False
+
+@patch
+def _on_follower_end(self:Run, fol:Follower):
+    "Done-callback of both followers: one that failed ends the run with its error"
+    if not fol.cancelled() and fol.exception() is not None: self._finish(fol.exception())
 
 # %% ../nbs/01_requests.ipynb #fa84edef
 @patch
@@ -228,7 +235,7 @@ EOF = '\x04'
 
 @patch
 def _on_stdin(self:Run, msg:dict):
-    "stdin watcher: answer an `input_request` with the handler, or with `EOF` if the run has none"
+    "stdin follower: answer an `input_request` with the handler, or with `EOF` if the run has none"
     if msg['msg_type'] != 'input_request': return log.debug("run %s: ignored a %s on stdin", self.msg_id, msg['msg_type'])
     self._asked[msg['header']['msg_id']] = msg
     if self.input is None:
@@ -241,8 +248,8 @@ def _on_stdin(self:Run, msg:dict):
 def _answer_in_task(self:Run, answer:Awaitable) -> asyncio.Task:
     "Run `answer` as one of the run's answering tasks, which the run cancels when it ends"
     task = asyncio.ensure_future(answer)
-    self._answering.add(task)
-    task.add_done_callback(self._answering.discard)
+    self._answer_tasks.add(task)
+    task.add_done_callback(self._answer_tasks.discard)
     return task
 
 # %% ../nbs/01_requests.ipynb #bc321b3f
@@ -280,12 +287,11 @@ def _finish(self:Run, exc:BaseException|None=None):
 # %% ../nbs/01_requests.ipynb #b4d5a9d4
 @patch
 def _close(self:Run, _=None):
-    "The one teardown path (idempotent): unwatch, pop the reply future, hand on the stdin turn, answer open input"
-    for router in self._watched: router.unwatch(self.msg_id)
-    self._watched.clear()
+    "The one teardown path (idempotent): stop following, pop the reply future, hand on the stdin turn, answer open input"
+    for fol in self._followers: fol.cancel()
     if self._quiet is not None: self._quiet.cancel()
     if self._reply_fut is not None and not self._reply_fut.done(): self._reply_fut.cancel()
-    for task in list(self._answering): task.cancel()
+    for task in list(self._answer_tasks): task.cancel()
     for req in list(self._asked.values()): self._send_input(req, EOF)
     self._release_turn()
     self._arrived.set()
@@ -359,14 +365,12 @@ class Interactive(Run):
         super().__init__(kc, msg, timeout)
         self.output_hook,self.stdin_hook = output_hook,stdin_hook
 
-    def _on_pub(self, msg:dict):
-        try: self.output_hook(msg)
-        except Exception as e: return self._finish(e)
-        super()._on_pub(msg)
+    def _on_pub(self, msg:dict) -> bool:
+        self.output_hook(msg) # a hook that raises fails the follower, and so the run
+        return super()._on_pub(msg)
 
     def _on_stdin(self, msg:dict):
-        try: res = self.stdin_hook(msg)
-        except Exception as e: return self._finish(e)
+        res = self.stdin_hook(msg)
         if inspect.isawaitable(res): self._answer_in_task(res).add_done_callback(self._hook_done)
 
     def _hook_done(self, task:asyncio.Task):
