@@ -22,7 +22,7 @@ from jupyter_client.ioloop import AsyncIOLoopKernelManager
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.jsonutil import ISO8601_PAT, extract_dates, parse_date
 from jupyter_client.session import DELIM, Session, msg_header, new_id, protocol_version
-from traitlets import DottedObjectName, Float, Integer, Type, default, validate
+from traitlets import DottedObjectName, Float, Integer, Type, default, observe, validate
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class SubshellsUnsupportedError(ConKernelError):
 class WrongLoopError(ConKernelError):
     "The client was used from a thread or event loop other than the one its channels run on"
 
-# %% ../nbs/00_core.ipynb #5de81763
+# %% ../nbs/00_core.ipynb #8d871267
 class ConSession(Session):
     "A `Session` whose sends wake receives parked on the same asyncio socket, and whose `deserialize` is fast"
     @classmethod
@@ -66,7 +66,7 @@ class ConSession(Session):
         for name in session.traits(): setattr(new, name, getattr(session, name))
         return new
 
-# %% ../nbs/00_core.ipynb #79a0671d
+# %% ../nbs/00_core.ipynb #387a3d20
 def _rearm(stream):
     "Read `zmq.EVENTS` through asyncio socket `stream`, so that pyzmq wakes a receive parked on it"
     if isinstance(stream, zmq.asyncio.Socket) and not stream.closed: stream.get(zmq.EVENTS)
@@ -84,7 +84,7 @@ def send_raw(self:ConSession, stream, msg_list, *args, **kwargs):
     Session.send_raw(self, stream, msg_list, *args, **kwargs)
     _rearm(stream)
 
-# %% ../nbs/00_core.ipynb #3ebdbf40
+# %% ../nbs/00_core.ipynb #b5c4e902
 def _dates(obj:dict) -> dict:
     "`extract_dates` of a header dict, in place: its ISO 8601 strings become aware datetimes"
     for k, v in obj.items():
@@ -96,7 +96,7 @@ def _dates(obj:dict) -> dict:
         elif isinstance(v, (dict, list, tuple)): obj[k] = extract_dates(v)
     return obj
 
-# %% ../nbs/00_core.ipynb #3948aa46
+# %% ../nbs/00_core.ipynb #ea4e0728
 @patch
 def check(self:ConSession, frames:list[bytes]) -> list[bytes]:
     "`frames` (a message after its delimiter), checked as `Session.deserialize` checks them: signed, new, valid, whole"
@@ -348,7 +348,7 @@ def is_idle(msg:dict) -> bool:
     "Is `msg` the `idle` status that ends a request's iopub messages?"
     return msg['msg_type'] == 'status' and msg['content'].get('execution_state') == 'idle'
 
-# %% ../nbs/00_core.ipynb #49eaa3f2
+# %% ../nbs/00_core.ipynb #ac328b69
 @patch
 def follow(self:Router, mid:str,
            on_msg:Callable[[dict],object] # sees each message of request `mid`; a true result resolves the follower with it
@@ -461,13 +461,14 @@ def _route(self:RoutedChannel, parts:list[bytes]):
 # %% ../nbs/00_core.ipynb #0af9930a
 @patch
 def check_loop(self:RoutedChannel):
-    "Raise `WrongLoopError` unless called on the channel's event loop"
+    "Start the channel on the running loop if it never started; raise `WrongLoopError` unless called on its loop"
     try: loop = asyncio.get_running_loop()
     except RuntimeError: loop = None
-    if loop is not self.loop:
-        if self.loop is None: raise WrongLoopError("the channel is not started: call start_channels() first")
-        raise WrongLoopError("the client runs on another event loop: call it from that loop's thread "
-                             "(e.g. with asyncio.run_coroutine_threadsafe)")
+    if loop is self.loop: return
+    if self.loop is None and loop is not None: return self.start()
+    if self.loop is None: raise WrongLoopError("the channel is not started, and no event loop is running here to start it on")
+    raise WrongLoopError("the client runs on another event loop: call it from that loop's thread "
+                         "(e.g. with asyncio.run_coroutine_threadsafe)")
 
 # %% ../nbs/00_core.ipynb #55b18e66
 @patch
@@ -592,6 +593,19 @@ def unbounded_context() -> zmq.asyncio.Context:
     ctx.setsockopt(zmq.SNDHWM, 0)
     return ctx
 
+# %% ../nbs/00_core.ipynb #45ed4626
+def _owned(name:str) -> property:
+    "The client's `<name>_channel` property: jupyter_client's, and a channel it creates becomes the client's"
+    make, attr = getattr(AsyncKernelClient, f'{name}_channel').fget, f'_{name}_channel'
+    def get(self:ConKernelClient) -> RoutedChannel:
+        ch = getattr(self, attr)
+        if ch is None:
+            ch = make(self)
+            ch.teardown = self._close # a reader that stops by itself stops the whole client
+            if name == 'shell': ch.window = self.window
+        return ch
+    return property(get, doc=f"The {name} channel: a `RoutedChannel` that belongs to this client")
+
 # %% ../nbs/00_core.ipynb #d154ec97
 class ConKernelClient(AsyncKernelClient):
     "An `AsyncKernelClient` that keeps many requests in flight and routes every reply to the request that asked"
@@ -622,6 +636,15 @@ class ConKernelClient(AsyncKernelClient):
 
     @validate('session')
     def _own_session(self, proposal) -> ConSession: return ConSession.of(proposal['value'])
+
+    shell_channel = _owned('shell')
+    control_channel = _owned('control')
+    iopub_channel = _owned('iopub')
+    stdin_channel = _owned('stdin')
+
+    @observe('window')
+    def _window_changed(self, change):
+        if self._shell_channel is not None: self._shell_channel.window = change['new']
 
     @property
     def routed(self) -> list[RoutedChannel]:
@@ -707,8 +730,6 @@ class _Starting:
 def start_channels(self:ConKernelClient, shell:bool=True, iopub:bool=True, stdin:bool=True, hb:bool=True,
                    control:bool=True) -> _Starting:
     "Start the channels and their readers (needs a running loop); await the result to wait until the kernel answers"
-    self.shell_channel.window = self.window
-    for ch in self.routed: ch.teardown = self._close
     AsyncKernelClient.start_channels(self, shell=shell, iopub=iopub, stdin=stdin, hb=hb, control=control)
     self._starting = asyncio.ensure_future(self._until_ready())
     return _Starting(self, self._starting)
