@@ -13,17 +13,15 @@ from pathlib import Path
 
 import zmq
 from fastcore.basics import patch
-from jupyter_client.kernelspec import KernelSpec
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.session import Session
-from traitlets import default
 
-from . import __version__
-from .core import ConKernelManager
+from conkernelclient import __version__
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'DELIM', 'KERNEL_INFO', 'frames', 'StubKernel', 'stub_outputs', 'main', 'stub_spec', 'StubKernelManager']
+__all__ = ['DELIM', 'KERNEL_INFO', 'frames', 'StubKernel', 'stub_outputs', 'main', 'stub_spec', 'StubKernelSpecManager']
 
 # %% ../nbs/05_stubkernel.ipynb #42488443
 DELIM = b'<IDS|MSG>'
@@ -179,7 +177,7 @@ def _handle(self:StubKernel, sock:zmq.Socket, parts:list[bytes]):
 
 # %% ../nbs/05_stubkernel.ipynb #e360921c
 @patch
-def run(self:StubKernel):
+def serve(self:StubKernel):
     "Answer requests until a `shutdown_request`, then close every socket"
     poller = zmq.Poller()
     for sock in (self.control, self.shell): poller.register(sock, zmq.POLLIN)
@@ -200,7 +198,7 @@ def main(argv:list[str]|None=None):
     p.add_argument('-f', dest='connection_file', required=True, metavar='CONNECTION_FILE',
                    help="the connection file written by the kernel manager")
     args = p.parse_args(argv)
-    StubKernel(json.loads(Path(args.connection_file).read_text())).run()
+    StubKernel(json.loads(Path(args.connection_file).read_text())).serve()
 
 # %% ../nbs/05_stubkernel.ipynb #825c33df
 if __name__ == '__main__': main()
@@ -212,10 +210,8 @@ def stub_spec() -> KernelSpec:
                       display_name='STUB kernel (conkernelclient benchmarks)', language='stub', interrupt_mode='message')
 
 # %% ../nbs/05_stubkernel.ipynb #0dba9d7b
-class StubKernelManager(ConKernelManager):
-    "A `ConKernelManager` that starts the stub kernel"
-    @default('kernel_name')
-    def _kernel_name_default(self): return 'stub'
-
-    @property
-    def kernel_spec(self) -> KernelSpec: return stub_spec()
+class StubKernelSpecManager(KernelSpecManager):
+    "A `KernelSpecManager` that also knows the stub kernel, as `'stub'`, without installing it"
+    def get_kernel_spec(self, kernel_name:str) -> KernelSpec:
+        "The stub's spec for `'stub'`, else the installed kernel spec `kernel_name`"
+        return stub_spec() if kernel_name == 'stub' else super().get_kernel_spec(kernel_name)

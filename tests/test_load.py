@@ -2,13 +2,13 @@
 checked by value against its own request; several clients sharing one kernel; a client used from the wrong thread or
 event loop. Throughputs are printed, not asserted: `pytest tests/test_load.py -rP`."""
 from __future__ import annotations
-import asyncio, importlib.util, os, sys, time
+import asyncio, os, time
 
 import pytest
 import zmq
-from jupyter_client.kernelspec import KernelSpec
 
 from conkernelclient import ConKernelClient, WrongLoopError
+from conkernelclient.stubkernel import StubKernelSpecManager
 from kit import ask, assert_clean, check, execution_count
 
 
@@ -46,11 +46,7 @@ async def test_ten_thousand_concurrent_executes(kernels, kernel_name):
 @pytest.mark.timeout(120)
 async def test_ten_thousand_on_the_stub_kernel(kernels):
     "10,000 requests in flight at once on the STUB kernel, which echoes each request's code in its reply"
-    if importlib.util.find_spec('conkernelclient.stubkernel') is None:
-        pytest.skip("conkernelclient.stubkernel is not there yet")
-    spec = KernelSpec(argv=[sys.executable, '-m', 'conkernelclient.stubkernel', '-f', '{connection_file}'],
-                      display_name='stub', language='stub', interrupt_mode='message')
-    km = await kernels.start(spec=spec)
+    km = await kernels.start(kernel_name='stub', kernel_spec_manager=StubKernelSpecManager())
     kc = await kernels.client(km)
     assert kc.kernel_info_reply['content']['implementation'] == 'conkernelclient-stub'
     def echoed(i, reply): return reply['content']['user_expressions']['echo']['data']['text/plain'] == f'_r = {i}*{i}'

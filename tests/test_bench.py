@@ -1,0 +1,117 @@
+"""The benchmark script, `bench/bench.py --quick`, run once into a temporary directory: what it writes has every table
+row and JSON field it should, and every request it sent was answered by its own reply. Nothing here judges a timing."""
+from __future__ import annotations
+import importlib.util, json, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent/'bench'/'bench.py'
+PLAIN, PLAIN_IOPUB, CON = 'jupyter_client', 'jupyter_client + iopub', 'ConKernelClient'
+KERNELS = {'stub': 'stub kernel (client-bound)', 'python3': 'ipykernel', 'async': 'async-kernel'}
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope='module')
+def out(tmp_path_factory) -> Path:
+    "The directory a `--quick` run of the benchmark, on all three kernels, wrote its results to"
+    out = tmp_path_factory.mktemp('bench')
+    r = subprocess.run([sys.executable, SCRIPT, '--quick', '--out', out], capture_output=True, text=True, timeout=280)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope='module')
+def res(out) -> dict:
+    return json.loads((out/'results.json').read_text())
+
+
+def test_row_and_targets(monkeypatch):
+    "A row is the medians per request, kernel CPU only once measurable; targets are judged on the stub, None if unmeasured"
+    spec = importlib.util.spec_from_file_location('bench', SCRIPT)
+    b = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, 'bench', b) # its dataclasses look their module up there
+    spec.loader.exec_module(b) # the script's `main` runs only as __main__
+    r = b._row('k', 'c', 10, [b.Cost(100, 0.1, 0.05, 0.2), b.Cost(100, 0.3, 0.07, 0.2), b.Cost(100, 0.2, 0.06, 0.2)], 300)
+    assert [round(r[k]) for k in ('sent', 'requests_per_s', 'wall_us', 'cpu_us', 'kernel_cpu_us')] == [300, 500, 2000, 600, 2000]
+    assert b._row('k', 'c', 10, [b.Cost(100, 0.1, 0.05, 0.01)], 100)['kernel_cpu_us'] is None
+    fake = dict(throughput=[dict(client=PLAIN, in_flight=1000, cpu_us=100), dict(client=CON, in_flight=1000, cpu_us=150),
+                            dict(client=CON, in_flight=100, cpu_us=140)],
+                outputs=[dict(client=PLAIN, cell='x', cpu_us=10), dict(client=CON, cell='x', cpu_us=9)],
+                memory=[dict(window=500, timeout=60, bytes_per_request=400)])
+    assert [(round(t['value'], 2), t['met']) for t in b.targets({'stub': fake})] == [(1.5, False), (1.07, True), (400, True), (0.9, True)]
+    assert [t['met'] for t in b.targets({'python3': fake})] == [None] * 4
+
+
+def test_help():
+    "`--help` names the options"
+    r = subprocess.run([sys.executable, SCRIPT, '--help'], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert '--quick' in r.stdout and '--out DIR' in r.stdout and '--kernels NAMES' in r.stdout
+
+
+def test_meta_and_plan(res, out):
+    "The JSON says how it was run, on what, with the quick plan on every kernel"
+    assert res['meta']['command'] == f'python bench/bench.py --quick --out {out}'
+    assert res['meta']['versions']['jupyter_client'] and res['meta']['machine']
+    assert res['plan']['repeats'] == 2 and res['plan']['kernels'] == list(KERNELS)
+
+
+def test_every_request_answered(res):
+    "Each kernel has one row per client and batch size, and every request of every row was answered by its own reply"
+    plan = res['plan']
+    for kernel in KERNELS:
+        batches = plan['stub_batches'] if kernel == 'stub' else plan['kernel_batches']
+        rows = [r for r in res['throughput'] if r['kernel'] == kernel]
+        assert sorted((r['client'], r['in_flight']) for r in rows) == sorted(
+            [(PLAIN, 1), (CON, 1), *((c, n) for n in batches for c in (PLAIN, PLAIN_IOPUB, CON))])
+        for r in rows:
+            assert r['repeats'] == plan['repeats'] and r['sent'] == r['requests'] * r['repeats'], r
+            assert r['answered'] == r['sent'], r
+            assert r['cpu_us'] > 0 and r['requests_per_s'] > 0 and (r['kernel_cpu_us'] is None or r['kernel_cpu_us'] > 0), r
+
+
+def test_outputs(res):
+    "Both clients collect both cells on every kernel; on the stub, one message a line or display, plus busy and idle"
+    plan, outs = res['plan'], res['outputs']
+    cells = [f"{plan['lines']:,} lines", f"{plan['displays']:,} displays"]
+    assert sorted((o['kernel'], o['client'], o['cell']) for o in outs) == sorted(
+        (k, c, cell) for k in KERNELS for c in (PLAIN, CON) for cell in cells)
+    stub = {(o['client'], o['cell']): o['messages'] for o in outs if o['kernel'] == 'stub'}
+    assert stub == {(c, cell): [n + 2] for c in (PLAIN, CON) for cell, n in zip(cells, (plan['lines'], plan['displays']))}
+
+
+def test_memory(res):
+    "On the stub, the heap is measured three ways, each with `held` requests in flight, all of them answered"
+    held = res['plan']['held']
+    assert [(m['in_flight'], m['answered'], m['window'], m['timeout']) for m in res['memory']] == [
+        (held, held, 500, 60), (held, held, 500, None), (held, held, None, 60)]
+    assert all(m['bytes_per_request'] > 0 and len(m['sites']) == 5 for m in res['memory'])
+
+
+def test_concurrency(res):
+    "Kernels with subshells have both latencies (the script itself fails if the subshell request waited for the sleep)"
+    rows = res['concurrency']
+    assert sorted((c['kernel'], c['client']) for c in rows) == sorted(
+        (k, c) for k in ('python3', 'async') for c in (f'{PLAIN}, one at a time', f'{CON}, subshell'))
+    assert all(c['sleep'] == res['plan']['sleep'] and str(c['sleep']) in c['main_shell'] for c in rows)
+
+
+def test_targets(res):
+    "All four targets have a value and a verdict (whatever it is)"
+    assert [t['unit'] for t in res['targets']] == ['×', '×', 'bytes', '×']
+    assert all(t['value'] > 0 and t['met'] in (True, False) for t in res['targets'])
+
+
+def test_markdown_and_plot(res, out):
+    "results.md has a section per kernel with a table row per JSON row, and the other tables; bench.png is a PNG"
+    md = (out/'results.md').read_text()
+    assert md.startswith('# conkernelclient benchmark\n')
+    sections = md.split('\n### ')
+    for kernel, title in KERNELS.items():
+        section = next(s for s in sections if s.startswith(title + '\n'))
+        rows = [l for l in section.split('\n## ')[0].splitlines() if l.startswith('| ')]
+        assert len(rows) - 1 == sum(r['kernel'] == kernel for r in res['throughput']) # less the header row
+    for head in ('## Targets', '## Output collection', '## Memory', '## Concurrency'): assert f'\n{head}\n' in md
+    assert (out/'bench.png').read_bytes()[:4] == b'\x89PNG'
