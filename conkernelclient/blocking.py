@@ -39,7 +39,7 @@ class ConBlockingKernelClient:
     def __setattr__(self, name:str, value:Any):
         if name in self.__dict__ or 'kc' not in self.__dict__: object.__setattr__(self, name, value)
         elif self.closed: setattr(self.kc, name, value)
-        else: self._run(setattr, self.kc, name, value)
+        else: self._call(setattr, self.kc, name, value)
 
     @property
     def owns_kernel(self) -> bool:
@@ -84,7 +84,7 @@ def _result(self:ConBlockingKernelClient, cfut:concurrent.futures.Future,
 
 # %% ../nbs/02_blocking.ipynb #f7b39614
 @patch
-def _run(self:ConBlockingKernelClient, fn:Callable, *args, **kwargs) -> Any:
+def _call(self:ConBlockingKernelClient, fn:Callable, *args, **kwargs) -> Any:
     "Call `fn` on the client's loop (awaiting its result there if it is awaitable) and block until the result is in"
     return self._result(self._submit(fn, *args, **kwargs))
 
@@ -110,15 +110,15 @@ def _attr(self:ConBlockingKernelClient, obj:Any, name:str) -> Any:
     "Attribute `name` of `obj`, which lives on the loop: a method becomes a blocking call; a value is read on the loop"
     if inspect.isroutine(getattr(type(obj), name, None)):
         meth = getattr(obj, name)
-        return functools.wraps(meth)(lambda *args, **kwargs: self._wrap(self._run(meth, *args, **kwargs)))
-    return self._wrap(getattr(obj, name) if self.closed else self._run(getattr, obj, name))
+        return functools.wraps(meth)(lambda *args, **kwargs: self._wrap(self._call(meth, *args, **kwargs)))
+    return self._wrap(getattr(obj, name) if self.closed else self._call(getattr, obj, name))
 
 # %% ../nbs/02_blocking.ipynb #da8d89e8
 @patch
 def start_channels(self:ConBlockingKernelClient, shell:bool=True, iopub:bool=True, stdin:bool=True, hb:bool=True,
                    control:bool=True) -> ConBlockingKernelClient:
     "Start the channels and block until the kernel answers; return the client"
-    return self._wrap(self._run(self.kc.start_channels, shell=shell, iopub=iopub, stdin=stdin, hb=hb, control=control))
+    return self._wrap(self._call(self.kc.start_channels, shell=shell, iopub=iopub, stdin=stdin, hb=hb, control=control))
 
 # %% ../nbs/02_blocking.ipynb #d0a4dc14
 @patch
@@ -152,9 +152,9 @@ def start_kernel(cls:ConBlockingKernelClient, kernel_name:str='python3', **kwarg
     "Start a kernel and return a started client that owns it: stopping the client, or leaving its `with` block, shuts the kernel down"
     bkc = cls()
     try:
-        bkc._km = bkc._run(ConKernelManager, kernel_name=kernel_name)
-        bkc._run(bkc._km.start_kernel, **kwargs)
-        bkc.kc = bkc._run(bkc._km.client)
+        bkc._km = bkc._call(ConKernelManager, kernel_name=kernel_name)
+        bkc._call(bkc._km.start_kernel, **kwargs)
+        bkc.kc = bkc._call(bkc._km.client)
         return bkc.start_channels()
     except BaseException:
         bkc.stop_channels()

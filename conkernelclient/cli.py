@@ -14,15 +14,15 @@ from typing import AsyncIterator, Callable
 
 from fastcore.basics import patch
 from jupyter_client.kernelspec import NoSuchKernel
-from .core import (ConKernelClient, ConKernelError, ConKernelManager, KernelDiedError,
+from conkernelclient.core import (ConKernelClient, ConKernelError, ConKernelManager, KernelDiedError,
                                   SubshellsUnsupportedError)
 import conkernelclient.requests # adds `kc.run` and the subshell methods to `ConKernelClient`
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'ConnectionFileError', 'KernelUnavailableError', 'parser', 'read_connection_file', 'launch', 'attach', 'shown',
-           'Lines', 'Output', 'Outcome', 'run_snippet', 'events', 'run', 'main']
+__all__ = ['ConnectionFileError', 'KernelUnavailableError', 'read_connection_file', 'launch', 'attach', 'Output', 'Outcome',
+           'run_snippet', 'events', 'command', 'main']
 
 # %% ../nbs/03_cli.ipynb #8e452da8
 class ConnectionFileError(ConKernelError):
@@ -40,7 +40,7 @@ def _seconds(s:str) -> float:
     return t
 
 # %% ../nbs/03_cli.ipynb #66734ee4
-def parser() -> argparse.ArgumentParser:
+def _parser() -> argparse.ArgumentParser:
     "The `conkernelclient` command line"
     p = argparse.ArgumentParser(prog='conkernelclient',
         description="Run each CODE snippet as its own request on a Jupyter kernel, all sent at once; print each "
@@ -108,7 +108,7 @@ async def attach(existing:str|Path) -> AsyncIterator[ConKernelClient]:
     async with _ready(kc, f"no kernel answers at {existing}") as kc: yield kc
 
 # %% ../nbs/03_cli.ipynb #d0008667
-def shown(msg:dict) -> tuple[str,str]|None:
+def _shown(msg:dict) -> tuple[str,str]|None:
     "What iopub message `msg` shows, as `(kind, text)`, or None; kinds: `stdout`, `stderr`, `result`, `display`, `error`"
     kind, c = msg['msg_type'], msg['content']
     if kind == 'stream': return c['name'], c['text']
@@ -118,13 +118,13 @@ def shown(msg:dict) -> tuple[str,str]|None:
     return None
 
 # %% ../nbs/03_cli.ipynb #1af36639
-class Lines:
+class _Lines:
     "One request's output cut into whole lines; a stream's unfinished line waits for its end"
     def __init__(self): self.tails:dict[str,str] = {} # kind -> the text after its last newline so far
 
 # %% ../nbs/03_cli.ipynb #8cd27d6b
 @patch
-def add(self:Lines, kind:str, text:str) -> list[tuple[str,str]]:
+def add(self:_Lines, kind:str, text:str) -> list[tuple[str,str]]:
     "The `(kind, line)` of each line that `text` of `kind` finishes, without their newlines"
     *done, tail = (self.tails.pop(kind, '') + text).split('\n')
     if tail: self.tails[kind] = tail
@@ -132,7 +132,7 @@ def add(self:Lines, kind:str, text:str) -> list[tuple[str,str]]:
 
 # %% ../nbs/03_cli.ipynb #7723c4c1
 @patch
-def rest(self:Lines) -> list[tuple[str,str]]:
+def rest(self:_Lines) -> list[tuple[str,str]]:
     "The unfinished lines, as they are; they are forgotten"
     rest = list(self.tails.items())
     self.tails.clear()
@@ -151,7 +151,7 @@ class Output:
     "One whole line of a request's output"
     n:int # the snippet's position on the command line, from 1
     elapsed:float # seconds from sending the request to the line's arrival
-    kind:str # `stdout`, `stderr`, `result`, `display` or `error`: see `shown`
+    kind:str # `stdout`, `stderr`, `result`, `display` or `error`: see `_shown`
     text:str # the line, without its newline
 
     def __str__(self): return f"[{self.n}] {self.elapsed:.3f}s {self.kind}: {self.text}"
@@ -175,13 +175,13 @@ async def run_snippet(kc:ConKernelClient, n:int, code:str,
                      ) -> Outcome:
     "Run snippet number `n` as one request, passing each line of its output to `show` as it arrives; return its `Outcome`"
     sid = await kc.create_subshell() if subshell else None
-    start, lines = time.monotonic(), Lines()
+    start, lines = time.monotonic(), _Lines()
     def emit(found):
         for kind,text in found: show(Output(n, time.monotonic() - start, kind, text))
     r = kc.run(code, timeout=timeout, subshell_id=sid, stop_on_error=False)
     try:
         async for msg in r:
-            if out := shown(msg): emit(lines.add(*out))
+            if out := _shown(msg): emit(lines.add(*out))
         status = r.reply['content']['status']
     except TimeoutError: status = 'timeout'
     except KernelDiedError: status = 'died'
@@ -223,13 +223,13 @@ def _fail(msg:str) -> int:
     return 2
 
 # %% ../nbs/03_cli.ipynb #c9e7cb40
-async def run(codes:list[str],
-              timeout:float=60, # seconds each request may take from when it is sent
-              kernel:str='python3', # kernel spec of the kernel to start, unless `existing`
-              existing:str|None=None, # connection file of a running kernel to use instead
-              subshells:bool=False # run each snippet in a subshell of its own
-             ) -> int:
-    "Run `codes` at once on a new kernel, or an `existing` one; print their output and outcomes as they come; return the exit code"
+async def command(codes:list[str],
+                  timeout:float=60, # seconds each request may take from when it is sent
+                  kernel:str='python3', # kernel spec of the kernel to start, unless `existing`
+                  existing:str|None=None, # connection file of a running kernel to use instead
+                  subshells:bool=False # run each snippet in a subshell of its own
+                 ) -> int:
+    "Send `codes` at once to a new kernel, or an `existing` one; print their output and outcomes as they come; return the exit code"
     statuses = []
     try:
         async with (attach(existing) if existing else launch(kernel)) as kc:
@@ -243,7 +243,7 @@ async def run(codes:list[str],
 
 # %% ../nbs/03_cli.ipynb #97baca39
 def main(argv:list[str]|None=None) -> int:
-    "The `conkernelclient` command: parse `argv` (default: `sys.argv[1:]`), run the snippets, return the exit code"
-    args = parser().parse_args(argv)
-    try: return asyncio.run(run(args.code, args.timeout, args.kernel, args.existing, args.subshells))
+    "The `conkernelclient` command: parse `argv` (default: `sys.argv[1:]`), send the snippets, return the exit code"
+    args = _parser().parse_args(argv)
+    try: return asyncio.run(command(args.code, args.timeout, args.kernel, args.existing, args.subshells))
     except KeyboardInterrupt: return 130

@@ -345,8 +345,9 @@ class Follower(asyncio.Future):
         return super().cancel(msg)
 
 def is_idle(msg:dict) -> bool:
-    "Is `msg` the `idle` status that ends a request's iopub messages?"
-    return msg['msg_type'] == 'status' and msg['content'].get('execution_state') == 'idle'
+    "Is `msg` the `idle` status that ends a request's iopub messages? False for anything else, garbled content too"
+    c = msg['content']
+    return msg['msg_type'] == 'status' and isinstance(c, dict) and c.get('execution_state') == 'idle'
 
 # %% ../nbs/00_core.ipynb #ac328b69
 @patch

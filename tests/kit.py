@@ -1,11 +1,15 @@
-"Helpers the test modules share: a gate that keeps a kernel busy, kernels of a test's own, requests checked by value."
+"""Helpers the test modules share: a gate that keeps a kernel busy, kernels of a test's own, requests checked by value,
+a request's messages followed up to its `idle`."""
 from __future__ import annotations
 import asyncio
+
+from typing import Callable
 
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.session import Session
 
 from conkernelclient import ConKernelClient, ConKernelManager
+from conkernelclient.core import RoutedChannel, is_idle
 
 
 class Gate:
@@ -78,3 +82,9 @@ def assert_clean(kc):
 async def execution_count(kc:ConKernelClient) -> int:
     "The kernel's execution count after one more request: it grows by one for each execute request the kernel got"
     return (await kc.execute('pass', reply=True))['content']['execution_count']
+
+
+def collect(ch:RoutedChannel, mid:str, until:Callable[[dict],bool]=is_idle) -> tuple[list[dict], asyncio.Future]:
+    "Follow request `mid` on `ch`: a list of its messages, and a future resolved by the first for which `until` is true (by default its `idle`)"
+    msgs = []
+    return msgs, ch.router.follow(mid, lambda msg: (msgs.append(msg), until(msg))[1])

@@ -12,17 +12,13 @@ from traitlets.config import Config
 
 from conkernelclient import (ChannelsClosedError, ConIOLoopKernelManager, ConKernelClient, KernelDiedError,
                              KernelRestartedError)
-from kit import ask, check, execution_count
+from kit import ask, check, collect, execution_count
 
 
 async def running(kc:ConKernelClient, fut, msg_type:str='execute_input'):
-    "Wait for request `fut`'s first iopub message of `msg_type` (default: it has started); call right after the send"
-    seen = asyncio.get_running_loop().create_future()
-    def on_pub(msg):
-        if msg['msg_type'] == msg_type and not seen.done(): seen.set_result(msg)
-    kc.iopub_channel.router.watch(fut.msg_id, on_pub)
-    try: await asyncio.wait_for(seen, 30)
-    finally: kc.iopub_channel.router.unwatch(fut.msg_id)
+    "Wait for request `fut`'s first iopub message of `msg_type` (default: it has started)"
+    _, seen = collect(kc.iopub_channel, fut.msg_id, lambda msg: msg['msg_type'] == msg_type)
+    await asyncio.wait_for(seen, 30)
 
 
 def outstanding(kc:ConKernelClient, first, n:int=100) -> list:
