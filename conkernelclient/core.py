@@ -477,7 +477,7 @@ def send(self:RoutedChannel, msg:dict):
     "Send `msg`, or queue it behind earlier requests if its shell or subshell already has `window` unanswered"
     if self.router.closed: raise self.router.closed
     self.check_loop()
-    if self.window is None: return self.session.send(self.socket, msg)
+    if self.window is None: return self._transmit(msg)
     key = msg['header'].get('subshell_id')
     if self.backlog.get(key) or self.open.get(key, 0) >= self.window: self.backlog.setdefault(key, deque()).append(self._queued(msg))
     else: self._send_counted(msg, key)
@@ -506,13 +506,19 @@ def _unqueued(self:RoutedChannel, item:_Queued|dict, key:str|None) -> dict:
     if key is not None: header['subshell_id'] = key
     return dict(header=header, msg_id=item.msg_id, msg_type=item.msg_type, parent_header={}, metadata={}, content=item.content)
 
+# %% ../nbs/00_core.ipynb #01a587a0
+@patch
+def _transmit(self:RoutedChannel, msg:dict):
+    "The transport's outgoing end: sign and send `msg` on the channel's socket"
+    self.session.send(self.socket, msg)
+
 # %% ../nbs/00_core.ipynb #66538cd2
 @patch
 def _send_counted(self:RoutedChannel, msg:dict, key:str|None):
     "Send `msg` as one of the unanswered requests of shell `key`"
     self.unanswered[msg['header']['msg_id']] = key
     self.open[key] = self.open.get(key, 0) + 1
-    self.session.send(self.socket, msg)
+    self._transmit(msg)
 
 # %% ../nbs/00_core.ipynb #3252b74b
 @patch
