@@ -602,12 +602,13 @@ def unbounded_context() -> zmq.asyncio.Context:
 
 # %% ../nbs/00_core.ipynb #45ed4626
 def _owned(name:str) -> property:
-    "The client's `<name>_channel` property: jupyter_client's, and a channel it creates becomes the client's"
-    make, attr = getattr(AsyncKernelClient, f'{name}_channel').fget, f'_{name}_channel'
+    "The client's `<name>_channel` property: made by the client's `_new_channel` at first use, and the client's own"
+    attr = f'_{name}_channel'
     def get(self:ConKernelClient) -> RoutedChannel:
         ch = getattr(self, attr)
         if ch is None:
-            ch = make(self)
+            ch = self._new_channel(name)
+            setattr(self, attr, ch)
             ch.teardown = self._close # a reader that stops by itself stops the whole client
             if name == 'shell': ch.window = self.window
         return ch
@@ -648,6 +649,10 @@ class ConKernelClient(AsyncKernelClient):
     control_channel = _owned('control')
     iopub_channel = _owned('iopub')
     stdin_channel = _owned('stdin')
+
+    def _new_channel(self, name:str) -> RoutedChannel:
+        "A new channel `name` on this client's transport: jupyter_client's, a ZMQ socket to the kernel's port"
+        return getattr(AsyncKernelClient, f'{name}_channel').fget(self)
 
     @observe('window')
     def _window_changed(self, change):
@@ -871,6 +876,11 @@ def _kernel_restarting(self:ConKernelClient, exc:KernelRestartedError):
     if self.restarting: return
     self.restarting = True
     for ch in self.routed: ch.forget(exc)
+    self._renew_transport()
+
+@patch
+def _renew_transport(self:ConKernelClient):
+    "Give every channel a fresh socket with the same identity, so nothing the old ones held unsent reaches the new kernel"
     self.shell_channel.reconnect(self.connect_shell(identity=self.session.bsession))
     self.control_channel.reconnect(self.connect_control(identity=self.session.bsession))
     self.stdin_channel.reconnect(self.connect_stdin(identity=self.session.bsession))
