@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['ConKernelError', 'KernelDiedError', 'ChannelsClosedError', 'KernelRestartedError', 'SubshellsUnsupportedError',
-           'WrongLoopError', 'ConSession', 'Inbox', 'Router', 'ReplyFuture', 'Follower', 'is_idle', 'RoutedChannel',
-           'unbounded_context', 'ConKernelClient', 'ConKernelManager', 'ConIOLoopKernelManager']
+           'WrongLoopError', 'KeyMismatchError', 'ConSession', 'SignatureError', 'Inbox', 'Router', 'ReplyFuture',
+           'Follower', 'is_idle', 'RoutedChannel', 'unbounded_context', 'ConKernelClient', 'ConKernelManager',
+           'ConIOLoopKernelManager']
 
 # %% ../nbs/00_core.ipynb #b5e7e8a1
 class ConKernelError(Exception):
@@ -54,6 +55,10 @@ class SubshellsUnsupportedError(ConKernelError):
 # %% ../nbs/00_core.ipynb #9aaefadc
 class WrongLoopError(ConKernelError):
     "The client was used from a thread or event loop other than the one its channels run on"
+
+# %% ../nbs/00_core.ipynb #0a387339
+class KeyMismatchError(ConKernelError):
+    "The kernel signs its messages with another key (or signature scheme), so it ignores every request of this client"
 
 # %% ../nbs/00_core.ipynb #8d871267
 class ConSession(Session):
@@ -96,6 +101,11 @@ def _dates(obj:dict) -> dict:
         elif isinstance(v, (dict, list, tuple)): obj[k] = extract_dates(v)
     return obj
 
+# %% ../nbs/00_core.ipynb #15cf9621
+class SignatureError(ValueError):
+    "A message whose signature is not the one this session's key gives it: forged, or signed with another key"
+    def __init__(self, sig:bytes): super().__init__(f"Invalid Signature: {sig!r}"); self.sig = sig
+
 # %% ../nbs/00_core.ipynb #ea4e0728
 @patch
 def check(self:ConSession, frames:list[bytes]) -> list[bytes]:
@@ -105,7 +115,7 @@ def check(self:ConSession, frames:list[bytes]) -> list[bytes]:
         if not sig: raise ValueError("Unsigned Message")
         if sig in self.digest_history: raise ValueError(f"Duplicate Signature: {sig!r}")
         self._add_digest(sig)
-        if not compare_digest(sig, self.sign(frames[1:5])): raise ValueError(f"Invalid Signature: {sig!r}")
+        if not compare_digest(sig, self.sign(frames[1:5])): raise SignatureError(sig)
     if len(frames) < 5: raise TypeError("malformed message, must have at least 5 elements")
     return frames
 
@@ -391,6 +401,7 @@ class RoutedChannel(AsyncZMQSocketChannel):
         self.unanswered:dict[str,str|None] = {}
         self.open:dict[str|None,int] = {}
         self.backlog:dict[str|None,deque] = {}
+        self.forged:SignatureError|None = None # the last message skipped because its signature is not ours
 
 # %% ../nbs/00_core.ipynb #ac447543
 @patch
@@ -451,8 +462,10 @@ def _route(self:RoutedChannel, parts:list[bytes]):
         parent = self.session.unpack(frames[2])
         mid = parent.get('msg_id')
         if not (mid is None or isinstance(mid, str)): raise TypeError(f"parent msg_id is a {type(mid).__name__}")
+        if mid is None and self.session.unpack(frames[1]).get('msg_type') == 'iopub_welcome': return
         msg = self.session.unpack_frames(frames, parent) if mid in self.unanswered or self.router.claims(mid) else None
     except Exception as e:
+        if isinstance(e, SignatureError): self.forged = e
         log.warning("skipped an unreadable message: %r", e)
         return
     if msg is None: return self.inbox.put_frames(mid, frames)
@@ -670,9 +683,12 @@ class ConKernelClient(AsyncKernelClient):
 
 # %% ../nbs/00_core.ipynb #3c02f37d
 class ConKernelManager(AsyncKernelManager):
-    "An `AsyncKernelManager` whose `client()` is a `ConKernelClient`"
+    "An `AsyncKernelManager` whose `client()` is a `ConKernelClient`, and whose kernels are encrypted when they can be"
     client_class = DottedObjectName('conkernelclient.core.ConKernelClient', config=True)
     client_factory = Type(ConKernelClient, klass=AsyncKernelClient, config=True)
+
+    @default('transport_encryption')
+    def _encrypt_when_possible(self) -> str: return 'auto' if zmq.has('curve') else 'disabled'
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -761,22 +777,51 @@ async def _until_ready(self:ConKernelClient) -> ConKernelClient:
 # %% ../nbs/00_core.ipynb #895df883
 @patch
 async def _until_answered(self:ConKernelClient):
-    "Repeat the handshake until the kernel answers: `KernelDiedError` if it dies, `TimeoutError` after `startup_timeout`"
+    "Repeat the handshake, each try waiting longer, until the kernel answers; or fail with what was observed"
     deadline = time.monotonic() + self.startup_timeout
     channels = itertools.cycle((self.shell_channel, self.control_channel))
-    while not await self._handshake(next(channels)):
-        if not await self.is_alive(): raise KernelDiedError("the kernel died before answering kernel_info")
-        if time.monotonic() > deadline: raise TimeoutError(f"the kernel did not answer within {self.startup_timeout} s")
+    for n in itertools.count():
+        if await self._handshake(next(channels), min(1, 0.25 * 2**n), min(1, 0.05 * 2**n)): return
+        if not await self.is_alive(): raise KernelDiedError(self._unanswered_because())
+        if (forged := self.iopub_channel.forged) is not None: raise KeyMismatchError(self._key_mismatch(forged.sig))
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the kernel did not answer within {self.startup_timeout} s, although it is alive; "
+                               "a kernel signing with another key would ignore every request, but it sent nothing signed")
+
+# %% ../nbs/00_core.ipynb #7d9d50b6
+@patch
+def _unanswered_because(self:ConKernelClient) -> str:
+    "Why a kernel that never answered is taken for dead, as observed: its process exited, or nothing answers heartbeats"
+    if self.parent is not None: return "the kernel died before answering kernel_info"
+    return (f"nothing answers at {self.transport}://{self.ip}: no heartbeat on port {self.hb_port} and no reply to "
+            "kernel_info; is a kernel running there, with this connection file?")
+
+@patch
+def _key_mismatch(self:ConKernelClient, sig:bytes) -> str:
+    "What a kernel message signed `sig` that our key does not verify says about the client's key"
+    why = (f"the kernel is alive but its messages fail this client's signature check ({self.session.signature_scheme}), "
+           "and it ignores the client's requests: the key in the connection file is not the kernel's")
+    ours = 2 * self.session.auth.digest_size
+    if len(sig) != ours: why += f"; its signatures are {len(sig)} hex digits long, ours {ours}: the signature_scheme differs"
+    return why
+
+# %% ../nbs/00_core.ipynb #b56279f7
+@patch
+def connect_iopub(self:ConKernelClient, identity:bytes|None=None) -> zmq.Socket:
+    "jupyter_client's iopub socket, subscribed to everything and also to a topic of this client's own, which the kernel welcomes"
+    sock = AsyncKernelClient.connect_iopub(self, identity)
+    sock.subscribe(b'conkernelclient-' + self.session.bsession)
+    return sock
 
 # %% ../nbs/00_core.ipynb #d96c1db3
 @patch
-async def _handshake(self:ConKernelClient, ch:RoutedChannel, timeout:float=1) -> bool:
-    "Send `kernel_info_request` on `ch`: did its reply, and its `idle` status on iopub, arrive within `timeout` seconds?"
+async def _handshake(self:ConKernelClient, ch:RoutedChannel, timeout:float=1, idle_timeout:float=1) -> bool:
+    "Send `kernel_info_request` on `ch`: did its reply come within `timeout` s, and then its iopub `idle` within `idle_timeout`?"
     msg = self.session.msg('kernel_info_request')
     idle = self.iopub_channel.router.follow(msg['header']['msg_id'], is_idle)
     try:
         reply = await self._request(ch, msg, timeout)
-        await asyncio.wait_for(idle, timeout)
+        await asyncio.wait_for(idle, idle_timeout)
     except (TimeoutError, asyncio.TimeoutError): return False
     finally: idle.cancel()
     self._handle_kernel_info_reply(reply)

@@ -28,12 +28,12 @@ class Kernels:
         self.clients:list[ConKernelClient] = []
         self.procs = [] # the Popen of every kernel process started, restarts included
 
-    async def start(self, cls=ConKernelManager, spec:KernelSpec|None=None, **traits) -> ConKernelManager:
-        "A started kernel; `spec` replaces the manager's kernel spec, so any command can play the kernel"
+    async def start(self, cls=ConKernelManager, spec:KernelSpec|None=None, launch:dict|None=None, **traits) -> ConKernelManager:
+        "A started kernel; `spec` replaces the manager's kernel spec, so any command can play the kernel; `launch`: `start_kernel`'s keywords"
         km = cls(session=Session(key=b'x'), **traits)
         if spec is not None: km._kernel_spec = spec
         self.kms.append(km)
-        await km.start_kernel()
+        await km.start_kernel(**(launch or {}))
         self.procs.append(km.provisioner.process)
         return km
 

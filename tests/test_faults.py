@@ -1,17 +1,17 @@
-"""Fault injection against real kernels: a kernel that dies, crashes during start-up, never answers, is restarted or
-interrupted; requests that time out or are aborted; a client stopped with requests in flight; bad arguments.
+"""Fault injection against real kernels: a kernel that dies, crashes during start-up, never answers, starts slowly,
+is attached with a wrong key or where nothing listens, is restarted or interrupted; requests that time out or are aborted; a client stopped with requests in flight; bad arguments.
 Every waiter ends with the reply the kernel sent or with a named error, and nothing is left in flight.
 
 Detection latencies are measured, not asserted: `pytest tests/test_faults.py -k died -rP` prints them."""
 from __future__ import annotations
-import asyncio, logging, os, signal, sys, time
+import asyncio, logging, os, signal, socket, sys, time
 
 import pytest
 from jupyter_client.kernelspec import KernelSpec
 from traitlets.config import Config
 
 from conkernelclient import (ChannelsClosedError, ConIOLoopKernelManager, ConKernelClient, KernelDiedError,
-                             KernelRestartedError)
+                             KernelRestartedError, KeyMismatchError)
 from kit import ask, check, collect, execution_count
 
 
@@ -91,6 +91,50 @@ async def test_kernel_never_answers(kernels):
     km = await kernels.start(spec=spec)
     with pytest.raises(TimeoutError, match='did not answer within 1.5 s'): await kernels.client(km, startup_timeout=1.5)
     assert await km.is_alive()
+
+
+@pytest.mark.timeout(60)
+async def test_a_slow_kernel_is_waited_for(kernels):
+    "A kernel that takes seconds to start is waited for (it sends nothing before it is ready, so it is no wrong key); the tries given up on leave nothing behind"
+    spec = KernelSpec(argv=['sh', '-c', f'sleep 3; exec {sys.executable} -m ipykernel_launcher -f "$0"', '{connection_file}'],
+                      display_name='slow', language='python')
+    km = await kernels.start(spec=spec)
+    t0 = time.monotonic()
+    kc = await kernels.client(km)
+    print(f"a kernel that sleeps 3 s before starting answered after {time.monotonic() - t0:.2f} s")
+    assert (await kc.execute('1', reply=True))['content']['status'] == 'ok'
+    assert (await kc.request('kernel_info', channel='control'))['msg_type'] == 'kernel_info_reply'
+    assert len(kc.shell_channel.inbox) == len(kc.control_channel.inbox) == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize('change', [{'key': b'not-the-key'}, {'signature_scheme': 'hmac-sha512'}], ids=['key', 'scheme'])
+async def test_a_wrong_key_fails_at_once(kernels, change):
+    "The right ports with a wrong key or signature scheme: `KeyMismatchError` naming the cause, not a wait for `startup_timeout`"
+    km = await kernels.start()
+    kc = ConKernelClient()
+    kc.load_connection_info({**km.get_connection_info(), **change})
+    kernels.clients.append(kc)
+    t0 = time.monotonic()
+    with pytest.raises(KeyMismatchError, match='the key in the connection file is not the kernel') as e: await kc.start_channels()
+    print(f"wrong {next(iter(change))} detected after {(time.monotonic() - t0) * 1000:.0f} ms (startup_timeout {kc.startup_timeout} s)")
+    assert ('signature_scheme differs' in str(e.value)) == ('signature_scheme' in change)
+    good = await kernels.attach(km) # the kernel itself is fine: a client with its key is answered
+    assert (await good.execute('1', reply=True))['content']['status'] == 'ok'
+
+
+@pytest.mark.timeout(60)
+async def test_nothing_listening(kernels):
+    "A connection file whose ports nobody listens on: `KernelDiedError` saying that no heartbeat and no reply came"
+    socks = [socket.socket() for _ in range(5)]
+    for s in socks: s.bind(('127.0.0.1', 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks: s.close()
+    kc = ConKernelClient()
+    kc.load_connection_info(dict(zip(('shell_port', 'iopub_port', 'stdin_port', 'control_port', 'hb_port'), ports),
+                                 ip='127.0.0.1', transport='tcp', key=b'k', signature_scheme='hmac-sha256'))
+    kernels.clients.append(kc)
+    with pytest.raises(KernelDiedError, match=f'no heartbeat on port {ports[-1]} and no reply'): await kc.start_channels()
 
 
 @pytest.mark.timeout(60)
