@@ -22,7 +22,9 @@ Batches of 10 to 10,000 requests in flight run on three kernels: the stub kernel
 which runs nothing and answers at once, so the client is the bottleneck; ipykernel and async-kernel, where the kernel
 is, with batches up to 1,000 (ipykernel deadlocks with about 2,000 queued). Then: collecting the output of a cell
 that prints many lines and of one that displays many values; the heap each outstanding request holds (tracemalloc,
-while the stub withholds every reply); and the time a quick request on a subshell takes while the main shell sleeps.
+while the stub withholds every reply); the time a quick request on a subshell takes while the main shell sleeps; and
+what encryption costs: ConKernelClient on ipykernel and async-kernel started over plain TCP and with CurveZMQ.
+ConKernelManager encrypts every kernel whose spec supports it, so the real kernels' rows are all encrypted ones.
 
 How to read the figures. Each is the median of the repeats (5, or 2 with `--quick`), per request: requests per
 second, wall µs, and the client's CPU µs (`time.process_time()` of this process, all its threads, ZMQ's I/O thread
@@ -96,9 +98,9 @@ def timed(n:int, kernel=None): # the kernel's psutil.Process, if known
     cost.wall, cost.cpu = time.perf_counter() - w0, time.process_time() - c0
     if k0 is not None: cost.kernel = _cpu(kernel) - k0
 
-async def start_kernel(name:str) -> ConKernelManager:
-    "Start the kernel of spec `name` (`'stub'`: the stub kernel) and return its manager"
-    km = ConKernelManager(kernel_name=name, kernel_spec_manager=StubKernelSpecManager())
+async def start_kernel(name:str, **traits) -> ConKernelManager:
+    "Start the kernel of spec `name` (`'stub'`: the stub kernel) and return its manager, made with `traits`"
+    km = ConKernelManager(kernel_name=name, kernel_spec_manager=StubKernelSpecManager(), **traits)
     await km.start_kernel()
     return km
 
@@ -119,9 +121,8 @@ class PlainClient(AsyncKernelClient):
 
 async def plain_client(km:ConKernelManager) -> PlainClient:
     "A started `PlainClient` of `km`'s kernel, with a session of its own"
-    info = km.get_connection_info()
-    session = Session(key=info.pop('key'), signature_scheme=info.pop('signature_scheme'))
-    kc = PlainClient(session=session, parent=km, **info)
+    kc = PlainClient(session=Session(), parent=km)
+    kc.load_connection_info(km.get_connection_info()) # ports, key, scheme, and the curve keys of an encrypted kernel
     kc.start_channels()
     await kc.wait_for_ready(timeout=60)
     return kc
@@ -346,6 +347,26 @@ async def _concurrency(km:ConKernelManager, name:str, plan:Plan) -> list[dict]:
     return [dict(row, client=f'{PLAIN}, one at a time', latency_ms=statistics.median(waited) * 1e3),
             dict(row, client=f'{CON}, subshell', latency_ms=statistics.median(took) * 1e3)]
 
+TRANSPORTS = {'disabled': 'plain TCP', 'auto': 'CurveZMQ'} # transport_encryption -> what the kernel runs over
+
+async def _encryption(name:str, plan:Plan) -> list[dict]:
+    "ConKernelClient pipelined on kernel `name` started twice, over plain TCP and encrypted; [] if the kernel cannot encrypt"
+    n, total, tally = plan.kernel_batches[-1], plan.kernel_requests, {}
+    kms = {enc: await start_kernel(name, transport_encryption=enc) for enc in TRANSPORTS}
+    try:
+        if kms['auto'].curve_publickey is None: return []
+        for _ in range(plan.repeats):
+            for enc, km in kms.items():
+                kc = await km.client().start_channels()
+                try:
+                    await pipelined(kc, 100); await settle(kc)
+                    runs = {(enc, n): (lambda k: pipelined(kc, k), n, max(1, total // n))}
+                    await _time_runs(runs, kernel_process(km), lambda: settle(kc), tally)
+                finally: kc.stop_channels()
+    finally:
+        for km in kms.values(): await km.shutdown_kernel(now=True)
+    return [dict(_row(name, CON, n, costs, ok), transport=TRANSPORTS[enc]) for (enc, n), (costs, ok) in tally.items()]
+
 async def bench_kernel(km:ConKernelManager, name:str, plan:Plan) -> dict:
     "Every measurement of the kernel of spec `name`, run by `km`: throughput, output, memory and concurrency rows"
     proc, tallies = kernel_process(km), dict(throughput={}, outputs={})
@@ -362,7 +383,8 @@ async def bench_kernel(km:ConKernelManager, name:str, plan:Plan) -> dict:
     return dict(throughput=sorted(throughput, key=lambda r: (order[r['client']], r['in_flight'])),
                 outputs=sorted(outputs, key=lambda r: order[r['client']]),
                 memory=await _memory(km, plan) if name == 'stub' else [],
-                concurrency=await _concurrency(km, name, plan))
+                concurrency=await _concurrency(km, name, plan),
+                encryption=[] if name == 'stub' else await _encryption(name, plan))
 
 def _versions() -> dict:
     "Versions of Python and of the packages measured"
@@ -405,7 +427,7 @@ def results(per_kernel:dict, plan:Plan, command:str=COMMAND) -> dict:
     meta = dict(command=command, date=datetime.now(timezone.utc).isoformat(timespec='seconds'), commit=_commit(),
                 machine=f'{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs', versions=_versions())
     return dict(meta=meta, plan=asdict(plan), targets=targets(per_kernel),
-                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'concurrency')})
+                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'concurrency', 'encryption')})
 
 KERNEL_NAMES = {'stub': 'stub kernel (client-bound)', 'python3': 'ipykernel', 'async': 'async-kernel'}
 
@@ -455,6 +477,16 @@ def _concurrency_md(rows:list[dict]) -> list[str]:
                   [[KERNEL_NAMES.get(c['kernel'], c['kernel']), c['client'], f"`{c['main_shell']}`", f"{c['latency_ms']:,.1f} ms"]
                    for c in rows])
 
+def _encryption_md(rows:list[dict]) -> list[str]:
+    "The encryption table"
+    body = []
+    for r in rows:
+        plain = next(p for p in rows if p['kernel'] == r['kernel'] and p['transport'] == TRANSPORTS['disabled'])
+        body.append([KERNEL_NAMES.get(r['kernel'], r['kernel']), r['transport'], _f(r['in_flight']), _f(r['requests_per_s']),
+                     _f(r['cpu_us']), _f(r['kernel_cpu_us']), _f(_ratio(r['cpu_us'], plain['cpu_us']), '{:.2f}×')])
+    return _table(['kernel', 'transport', 'in flight', 'requests/s', 'client CPU µs/request', 'kernel CPU µs/request',
+                   'client CPU vs plain TCP'], body)
+
 def markdown(res:dict) -> str:
     "The results as a markdown document"
     m, p = res['meta'], res['plan']
@@ -463,7 +495,8 @@ def markdown(res:dict) -> str:
            f"`{m['command']}` on {m['date']} ({m['machine']}; {vs}; commit {m['commit'] or '?'}). "
            f"Medians of {p['repeats']} runs. The floor is jupyter_client's `AsyncKernelClient` pipelined: send every "
            "request with `execute()`, then read every reply with `get_shell_msg()`, with no routing; at 1 in flight it "
-           "awaits each reply before sending the next. CPU is the client process's own (`time.process_time`, all "
+           "awaits each reply before sending the next. ipykernel and async-kernel run encrypted (CurveZMQ), as "
+           "ConKernelManager starts them; the stub kernel over plain TCP. CPU is the client process's own (`time.process_time`, all "
            "threads); kernel CPU is shown where it reached a measurable total. ConKernelClient keeps at most its "
            "`window` (500) requests unanswered per shell; the rest of a batch waits in the client.", '',
            '## Targets', '', 'Measured on the stub kernel, where the client is the bottleneck.', '', *_targets_md(res['targets']),
@@ -475,7 +508,10 @@ def markdown(res:dict) -> str:
             '', '## Memory', '', 'Python heap (tracemalloc) held in the client per outstanding request, while the stub kernel '
             'withholds every reply; requests past the shell `window` wait, unsent, in the client.', '', *_memory_md(res['memory']),
             '', '## Concurrency', '', 'Time until `1+1` returns, wanted while the main shell runs a cell that sleeps.', '',
-            *_concurrency_md(res['concurrency'])]
+            *_concurrency_md(res['concurrency']),
+            '', '## Encryption', '', 'ConKernelClient pipelined on the same kernel spec started twice: over plain TCP '
+            "(`transport_encryption='disabled'`) and encrypted with CurveZMQ (ConKernelManager's default where the kernel "
+            'supports it, as in the tables above).', '', *_encryption_md(res['encryption'])]
     return '\n'.join(out) + '\n'
 
 STYLES = {PLAIN: dict(ls='--', marker='o'), PLAIN_IOPUB: dict(ls=':', marker='s'), CON: dict(ls='-', marker='D')}

@@ -98,6 +98,14 @@ def test_concurrency(res):
     assert all(c['sleep'] == res['plan']['sleep'] and str(c['sleep']) in c['main_shell'] for c in rows)
 
 
+def test_encryption(res):
+    "ipykernel and async-kernel, which support CurveZMQ, each have a plain and an encrypted row, every request answered"
+    rows = res['encryption']
+    assert sorted((r['kernel'], r['transport']) for r in rows) == sorted(
+        (k, t) for k in ('python3', 'async') for t in ('plain TCP', 'CurveZMQ'))
+    assert all(r['answered'] == r['sent'] > 0 and r['cpu_us'] > 0 for r in rows)
+
+
 def test_targets(res):
     "All four targets have a value and a verdict (whatever it is)"
     assert [t['unit'] for t in res['targets']] == ['×', '×', 'bytes', '×']
@@ -113,5 +121,5 @@ def test_markdown_and_plot(res, out):
         section = next(s for s in sections if s.startswith(title + '\n'))
         rows = [l for l in section.split('\n## ')[0].splitlines() if l.startswith('| ')]
         assert len(rows) - 1 == sum(r['kernel'] == kernel for r in res['throughput']) # less the header row
-    for head in ('## Targets', '## Output collection', '## Memory', '## Concurrency'): assert f'\n{head}\n' in md
+    for head in ('## Targets', '## Output collection', '## Memory', '## Concurrency', '## Encryption'): assert f'\n{head}\n' in md
     assert (out/'bench.png').read_bytes()[:4] == b'\x89PNG'
