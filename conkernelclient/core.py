@@ -95,7 +95,7 @@ def _dates(obj:dict) -> dict:
     for k, v in obj.items():
         if isinstance(v, str):
             if not ISO8601_PAT.match(v): continue
-            try: dt = datetime.fromisoformat(v[:-1] + '+00:00' if v[-1] == 'Z' else v) # Python 3.10 does not read 'Z'
+            try: dt = datetime.fromisoformat(v)
             except ValueError: dt = None
             obj[k] = dt if dt is not None and dt.tzinfo is not None else parse_date(v)
         elif isinstance(v, (dict, list, tuple)): obj[k] = extract_dates(v)
