@@ -10,7 +10,7 @@ import asyncio, contextvars, itertools, logging, math, time, weakref
 from collections import deque
 from datetime import datetime
 from hmac import compare_digest
-from typing import Callable, Iterator
+from typing import Awaitable, Callable, Iterable, Iterator
 from queue import Empty
 
 import zmq, zmq.asyncio
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 __all__ = ['ConKernelError', 'KernelDiedError', 'ChannelsClosedError', 'KernelRestartedError', 'SubshellsUnsupportedError',
            'WrongLoopError', 'KeyMismatchError', 'ConSession', 'SignatureError', 'Inbox', 'Router', 'ReplyFuture',
            'Follower', 'is_idle', 'RoutedChannel', 'unbounded_context', 'ConKernelClient', 'ConKernelManager',
-           'ConIOLoopKernelManager']
+           'restart_clients', 'ConIOLoopKernelManager']
 
 # %% ../nbs/00_core.ipynb #b5e7e8a1
 class ConKernelError(Exception):
@@ -388,8 +388,9 @@ def _pass(self:Router, fol:Follower, msg:dict):
 # %% ../nbs/00_core.ipynb #9696eb82
 class RoutedChannel(AsyncZMQSocketChannel):
     "A channel whose socket is read only by its reader task, which routes each message by its parent msg_id"
-    def __init__(self, socket:zmq.asyncio.Socket, session:Session, loop=None):
-        super().__init__(socket, ConSession.of(session), loop)
+    def __init__(self, socket:zmq.asyncio.Socket|None, session:Session, loop=None):
+        "`socket`: the ZMQ socket it reads, or None on a transport that brings the frames itself (see `_route`)"
+        self.socket, self.session = socket, ConSession.of(session) # all that jupyter_client's channel keeps
         self.inbox = Inbox(decode=self.session.unpack_frames)
         self.router = Router(self.inbox)
         self.reader:asyncio.Task|None = None
@@ -942,12 +943,11 @@ async def _kernel_restarted(self:ConKernelClient):
     finally: self.restarting = False
 
 # %% ../nbs/00_core.ipynb #0c7da3db
-@patch
-async def restart_kernel(self:ConKernelManager, now:bool=False, newports:bool=False, **kw):
-    "Restart the kernel: its clients' requests in flight fail with `KernelRestartedError`, then the clients carry on with the new kernel"
-    clients = [kc for kc in self.clients if kc.channels_running]
+async def restart_clients(clients:Iterable[ConKernelClient], restart:Awaitable, newports:bool=False):
+    "Await `restart` (a kernel restart): `clients`' requests in flight fail with `KernelRestartedError`, then they carry on with the new kernel"
+    clients = [kc for kc in clients if kc.channels_running]
     for kc in clients: kc._kernel_restarting(KernelRestartedError("the kernel was restarted"))
-    try: await AsyncKernelManager.restart_kernel(self, now=now, newports=newports, **kw)
+    try: await restart
     except BaseException as e:
         for kc in clients: kc._close(KernelDiedError(f"the kernel could not be restarted: {e!r}"))
         raise
@@ -957,6 +957,11 @@ async def restart_kernel(self:ConKernelManager, now:bool=False, newports:bool=Fa
     for kc, res in zip(clients, await asyncio.gather(*(kc._kernel_restarted() for kc in clients), return_exceptions=True)):
         if isinstance(res, Exception) and not isinstance(res, ChannelsClosedError):
             log.warning("client %s did not reconnect to the restarted kernel: %r", kc.session.session, res)
+
+@patch
+async def restart_kernel(self:ConKernelManager, now:bool=False, newports:bool=False, **kw):
+    "Restart the kernel: its clients' requests in flight fail with `KernelRestartedError`, then the clients carry on with the new kernel"
+    await restart_clients(self.clients, AsyncKernelManager.restart_kernel(self, now=now, newports=newports, **kw), newports)
 
 # %% ../nbs/00_core.ipynb #cd83354e
 class ConIOLoopKernelManager(ConKernelManager, AsyncIOLoopKernelManager):
