@@ -16,13 +16,14 @@ from fastcore.basics import patch
 from jupyter_client.kernelspec import NoSuchKernel
 from conkernelclient.core import (ConKernelClient, ConKernelError, ConKernelManager, KernelDiedError,
                                   SubshellsUnsupportedError)
+from conkernelclient.remote import RemoteKernelManager
 import conkernelclient.requests # adds `kc.run` and the subshell methods to `ConKernelClient`
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['ConnectionFileError', 'KernelUnavailableError', 'read_connection_file', 'launch', 'attach', 'Output', 'Outcome',
-           'run_snippet', 'events', 'command', 'main']
+__all__ = ['ConnectionFileError', 'KernelUnavailableError', 'read_connection_file', 'launch', 'remote', 'attach', 'Output',
+           'Outcome', 'run_snippet', 'events', 'command', 'main']
 
 # %% ../nbs/04_cli.ipynb #8e452da8
 class ConnectionFileError(ConKernelError):
@@ -58,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="kernel spec of the kernel to start, and shut down at the end (default: %(default)s)")
     where.add_argument('--existing', metavar='CONNECTION_FILE',
                        help="attach to the running kernel of this connection file instead; it is left running")
+    p.add_argument('--server', metavar='URL', help="run on a kernel of this Jupyter Server or Kernel Gateway: a new one "
+                   "of --kernel, deleted at the end, or the running --kernel-id")
+    p.add_argument('--kernel-id', metavar='ID', help="with --server: the running kernel to use; it is left running")
+    p.add_argument('--token-file', type=Path, metavar='FILE', help="with --server: a file holding the server's token "
+                   "(default: $JUPYTER_GATEWAY_AUTH_TOKEN, then $JUPYTER_TOKEN)")
     return p
 
 # %% ../nbs/04_cli.ipynb #f394c8de
@@ -98,6 +104,17 @@ async def launch(kernel:str='python3') -> AsyncIterator[ConKernelClient]:
         async with _ready(km.client(), f"kernel {kernel!r} did not start") as kc: yield kc
     finally:
         if km.has_kernel: await km.shutdown_kernel(now=True)
+
+# %% ../nbs/04_cli.ipynb #80499355
+@asynccontextmanager
+async def remote(server:str, kernel_id:str|None=None, kernel:str='python3', token:str|None=None) -> AsyncIterator[ConKernelClient]:
+    "A ready client of running kernel `kernel_id` on `server` (left running), or of a new `kernel` there (deleted on exit)"
+    km = RemoteKernelManager(server, token, kernel_name=kernel, kernel_id=kernel_id)
+    try:
+        await km.start_kernel()
+        async with _ready(km.client(), f"the kernel {km.kernel_id} on {km.server.url} did not answer") as kc: yield kc
+    finally:
+        if kernel_id is None and km.has_kernel: await km.shutdown_kernel()
 
 # %% ../nbs/04_cli.ipynb #dad9fc46
 @asynccontextmanager
@@ -227,12 +244,17 @@ async def command(codes:list[str],
                   timeout:float=60, # seconds each request may take from when it is sent
                   kernel:str='python3', # kernel spec of the kernel to start, unless `existing`
                   existing:str|None=None, # connection file of a running kernel to use instead
-                  subshells:bool=False # run each snippet in a subshell of its own
+                  subshells:bool=False, # run each snippet in a subshell of its own
+                  server:str|None=None, # URL of a Jupyter Server or Kernel Gateway to run on instead
+                  kernel_id:str|None=None, # with `server`: the running kernel to use
+                  token:str|None=None # with `server`: its token (default: from the environment)
                  ) -> int:
     "Send `codes` at once to a new kernel, or an `existing` one; print their output and outcomes as they come; return the exit code"
     statuses = []
     try:
-        async with (attach(existing) if existing else launch(kernel)) as kc:
+        if server: where = remote(server, kernel_id, kernel, token)
+        else: where = attach(existing) if existing else launch(kernel)
+        async with where as kc:
             async with aclosing(events(kc, codes, timeout, subshells)) as items:
                 async for item in items:
                     print(item, flush=True)
@@ -244,6 +266,12 @@ async def command(codes:list[str],
 # %% ../nbs/04_cli.ipynb #97baca39
 def main(argv:list[str]|None=None) -> int:
     "The `conkernelclient` command: parse `argv` (default: `sys.argv[1:]`), send the snippets, return the exit code"
-    args = _parser().parse_args(argv)
-    try: return asyncio.run(command(args.code, args.timeout, args.kernel, args.existing, args.subshells))
+    p = _parser()
+    args = p.parse_args(argv)
+    if (args.kernel_id or args.token_file) and not args.server: p.error("--kernel-id and --token-file go with --server")
+    if args.server and args.existing: p.error("--server and --existing exclude each other")
+    try: token = args.token_file.read_text().strip() if args.token_file else None
+    except OSError as e: return _fail(f"cannot read the token file {args.token_file}: {e.strerror}")
+    try: return asyncio.run(command(args.code, args.timeout, args.kernel, args.existing, args.subshells,
+                                    args.server, args.kernel_id, token))
     except KeyboardInterrupt: return 130

@@ -18,6 +18,7 @@ from jupyter_client.session import DELIM, new_id
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClosedError, websocket_connect
 from traitlets import Float, Unicode
+from traitlets.log import get_logger
 
 from conkernelclient.core import (ChannelsClosedError, ConKernelClient, ConKernelError, ConSession, KernelDiedError,
                                   KernelRestartedError, RoutedChannel, restart_clients)
@@ -284,6 +285,15 @@ class _NoHeartbeat:
     def pause(self): pass
     def unpause(self): pass
 
+# %% ../nbs/02_remote.ipynb #8deac1c3
+def _keyless_session() -> ConSession:
+    "A session that signs nothing (the server signs), made without jupyter_client's warning that signing is disabled"
+    logger = get_logger()
+    quiet = lambda record: 'signing is disabled' not in record.getMessage()
+    logger.addFilter(quiet)
+    try: return ConSession(key=b'')
+    finally: logger.removeFilter(quiet)
+
 # %% ../nbs/02_remote.ipynb #b2080563
 class RemoteKernelClient(ConKernelClient):
     "A `ConKernelClient` for a kernel behind a Jupyter Server or Kernel Gateway: its channels ride the kernel websocket"
@@ -293,14 +303,13 @@ class RemoteKernelClient(ConKernelClient):
                           help="The websocket subprotocol to ask for; None: jupyter's legacy JSON protocol only")
 
     def __init__(self, server:Server, kernel_id:str, **kwargs):
-        kwargs.setdefault('session', ConSession(key=b''))
+        if 'session' not in kwargs: kwargs['session'] = _keyless_session()
         super().__init__(**kwargs)
         self.server, self.kernel_id = server, kernel_id
         self.ws = KernelWebsocket(server, kernel_id, self.session, self.subprotocol, self.reconnect_timeout,
                                   on_lost=self._close, on_status=self._kernel_status)
         self._hb = _NoHeartbeat()
         self._restarted:asyncio.Task|None = None # the handshake with a kernel the server restarted
-        self._by_server = False # is the server's restarter restarting the kernel?
 
     def __repr__(self): return f"<RemoteKernelClient of kernel {self.kernel_id} on {self.server.url}>"
 
@@ -323,12 +332,9 @@ async def is_alive(self:RemoteKernelClient) -> bool:
 # %% ../nbs/02_remote.ipynb #314d5872
 @patch
 def _kernel_status(self:RemoteKernelClient, state:str):
-    "Follow the server's restarter: `restarting` fails what is in flight, `starting` after it reconnects, `dead` closes"
-    if state == 'restarting' and not self.restarting:
+    "Follow the server's restarter: `restarting` fails what is in flight and waits for the new kernel; `dead` closes"
+    if state == 'restarting' and not self.restarting: # during a restart through the manager, `restart_clients` waits
         self._kernel_restarting(KernelRestartedError("the kernel died, and the server is restarting it"))
-        self._by_server = True
-    elif state == 'starting' and self._by_server: # a restart through the manager ends in `restart_clients` instead
-        self._by_server = False
         self._restarted = asyncio.ensure_future(self._kernel_restarted())
         self._restarted.add_done_callback(lambda t: t.cancelled() or t.exception()) # its failure closes the client
     elif state == 'dead': self._close(KernelDiedError("the server says the kernel is dead: its restarter gave up"))

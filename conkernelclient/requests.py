@@ -127,6 +127,7 @@ class Run:
         self._asked:dict[str,dict] = {} # input_requests not answered yet, by msg_id
         self._answer_tasks:set[asyncio.Task] = set() # tasks running the input handler
         self._input_error:Exception|None = None # what the input handler raised, if it did
+        self.incomplete = False # did a server drop some of its output (its iopub rate limit)?
 
 # %% ../nbs/01_requests.ipynb #6e0b7a9a
 @patch
@@ -178,6 +179,7 @@ def _on_pub(self:Run, msg:dict) -> bool:
     "iopub follower: keep `msg`, apply it to the outputs, complete at `idle` once the reply is in; is it the `idle`?"
     self.msgs.append(msg)
     self._arrived.set()
+    if msg['msg_type'] == 'stream' and str(msg['content'].get('text', '')).startswith(_RATE_LIMITED): self._dropped()
     try: self._apply(msg)
     except Exception: log.exception("run %s: could not apply a %s message to its outputs", self.msg_id, msg.get('msg_type'))
     if is_idle(msg):
@@ -186,6 +188,14 @@ def _on_pub(self:Run, msg:dict) -> bool:
         return True
     if self.reply is not None: self._wait_idle()
     return False
+
+_RATE_LIMITED = ('IOPub message rate exceeded', 'IOPub data rate exceeded') # what jupyter_server says when it drops
+
+@patch
+def _dropped(self:Run):
+    "The server dropped some of this request's output"
+    if not self.incomplete: log.warning("run %s: the server dropped some of its output (iopub rate limit)", self.msg_id)
+    self.incomplete = True
 
 @patch
 def _on_follower_end(self:Run, fol:Follower):

@@ -1,0 +1,239 @@
+"""Remote kernels through real servers on loopback: a `jupyter server` and a `jupyter kernelgateway` (started by
+`LocalServer`), with ipykernel behind them, over the v1 websocket protocol and the legacy JSON one. What works
+locally works here (many requests in flight, `run`, stdin, control, subshells, `get_pubs`, `execute_interactive`,
+nbclient); and each fault ends in its named error while nothing else is lost: the websocket dropping, the server
+going away, the kernel deleted, killed or restarted, a wrong token, URL or kernel id, the server's rate limit."""
+from __future__ import annotations
+import asyncio, logging, os, signal, subprocess, sys
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+import conkernelclient.requests # noqa: F401 (kc.run, kc.subshell)
+from conkernelclient import KernelDiedError, KernelRestartedError
+from conkernelclient.cli import command
+from conkernelclient.remote import (ConnectionLostError, KernelNotFoundError, LocalServer, RemoteKernelClient,
+                                    RemoteKernelManager, ServerAuthError, ServerUnreachableError)
+from kit import Gate, ask, check, collect
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope='module', params=['server', 'gateway'])
+def server(request, aio_loop):
+    "A real jupyter server (and then a kernel gateway) on loopback, for the module's tests"
+    srv = LocalServer(request.param)
+    aio_loop.run_until_complete(srv.__aenter__())
+    yield srv
+    aio_loop.run_until_complete(srv.__aexit__())
+
+
+class Remote:
+    "Kernels started on a server, and their clients, for one test; `close` stops the clients and deletes the kernels"
+    def __init__(self, srv:LocalServer): self.srv, self.kms, self.clients = srv, [], []
+
+    async def kernel(self, **kw) -> RemoteKernelManager:
+        km = RemoteKernelManager(self.srv.url, self.srv.token, **kw)
+        self.kms.append(km)
+        await km.start_kernel()
+        return km
+
+    async def client(self, km:RemoteKernelManager, **traits) -> RemoteKernelClient:
+        kc = km.client(**traits)
+        self.clients.append(kc)
+        return await kc.start_channels()
+
+    async def close(self):
+        for kc in self.clients: await kc.astop_channels()
+        for km in self.kms:
+            try: await km.shutdown_kernel()
+            except ServerUnreachableError: pass # a test stopped the server
+        await asyncio.gather(*asyncio.all_tasks() - {asyncio.current_task()}, return_exceptions=True)
+
+
+@pytest.fixture
+def remote(server, aio_loop):
+    r = Remote(server)
+    yield r
+    aio_loop.run_until_complete(r.close())
+
+
+def kernel_pids(kid:str) -> list[int]:
+    "The processes of kernel `kid` on this machine: their command line names its connection file"
+    out = subprocess.run(['pgrep', '-f', f'kernel-{kid}.json'], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+@pytest.mark.parametrize('protocol', ['v1', 'legacy'])
+async def test_many_requests_each_to_its_caller(remote, protocol):
+    "100 requests outstanding on one websocket, each reply to its own caller, on both protocols; control requests too"
+    km = await remote.kernel()
+    kc = await remote.client(km, subprotocol=None if protocol == 'legacy' else 'v1.kernel.websocket.jupyter.org')
+    assert kc.ws.protocol == protocol
+    futs = [ask(kc, f'{i}*{i}') for i in range(100)]
+    for fut, reply, i in zip(futs, await asyncio.gather(*futs), range(100)): check(reply, fut, i * i)
+    assert (await kc.request('kernel_info', channel='control'))['msg_type'] == 'kernel_info_reply'
+    r = await kc.run('import sys; print("out"); print("err", file=sys.stderr); 6*7')
+    assert [o.get('name', o['output_type']) for o in r.outputs] == ['stdout', 'stderr', 'execute_result']
+    assert not r.incomplete
+
+
+async def test_the_standard_api(remote):
+    "get_pubs, execute_interactive and input() behave as they do locally"
+    km = await remote.kernel()
+    kc = await remote.client(km)
+    mid = kc.execute('print("unclaimed")')
+    reply = await kc.get_shell_msg(timeout=30)
+    assert reply['parent_header']['msg_id'] == mid
+    pubs = await kc.get_pubs(timeout=0.5)
+    assert any(m['msg_type'] == 'stream' and m['content']['text'] == 'unclaimed\n' for m in pubs)
+    seen = []
+    reply = await kc.execute_interactive('print("mine")', output_hook=seen.append, timeout=30)
+    assert reply['content']['status'] == 'ok' and [m['content']['text'] for m in seen if m['msg_type'] == 'stream'] == ['mine\n']
+    r = await kc.run('x = input("? ")', input=lambda prompt, password: 'typed')
+    assert r.reply['content']['status'] == 'ok'
+    reply = await kc.execute('', reply=True, user_expressions={'x': 'x'})
+    assert reply['content']['user_expressions']['x']['data']['text/plain'] == "'typed'"
+
+
+async def test_subshells(remote):
+    "A request on a subshell returns while the main shell sleeps"
+    km = await remote.kernel()
+    kc = await remote.client(km)
+    assert kc.supports_subshells
+    async with kc.subshell() as sid:
+        slow = kc.run('import time; time.sleep(2)')
+        fast = await kc.run('1+1', subshell_id=sid)
+        assert fast.outputs[0]['data']['text/plain'] == '2' and not slow.done()
+        assert (await slow).reply['content']['status'] == 'ok'
+
+
+async def test_nbclient_runs_a_notebook(remote):
+    "nbclient runs a notebook on a remote kernel through `km=RemoteKernelManager(...)`"
+    km = RemoteKernelManager(remote.srv.url, remote.srv.token)
+    remote.kms.append(km)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('x = 6'), nbformat.v4.new_code_cell('print(x * 7)')])
+    client = NotebookClient(nb, km=km, timeout=60)
+    await client.async_execute()
+    assert nb.cells[1].outputs[0]['text'] == '42\n'
+    assert await km.is_alive() # nbclient leaves a kernel it did not start running
+    await client.kc.astop_channels()
+
+
+async def test_the_websocket_drops_and_comes_back(remote, tmp_path):
+    "The connection breaks with 20 requests in flight: the client reconnects with its session id, and all 20 complete"
+    km = await remote.kernel()
+    kc = await remote.client(km)
+    gate = Gate(tmp_path/'open')
+    first = kc.execute(gate.code, reply=True, timeout=None)
+    _, started = collect(kc.iopub_channel, first.msg_id, lambda m: m['msg_type'] == 'execute_input')
+    await asyncio.wait_for(started, 30)
+    futs = [ask(kc, f'{i}') for i in range(20)]
+    conn = kc.ws.conn
+    conn.stream.close() # the TCP connection goes, as in a network blip or a proxy restart
+    await asyncio.wait_for(kc.ws.dropped, 10)
+    during = ask(kc, "'sent while down'") # waits for the new connection
+    gate.open()
+    assert (await first)['content']['status'] == 'ok'
+    for fut, reply, i in zip(futs, await asyncio.gather(*futs), range(20)): check(reply, fut, i)
+    check(await during, during, 'sent while down')
+    assert kc.ws.conn is not None and kc.ws.conn is not conn
+
+
+async def test_the_server_goes_away(remote, tmp_path):
+    "The server stops with requests in flight: they fail with ConnectionLostError after `reconnect_timeout`, not a hang"
+    srv = LocalServer(remote.srv.kind)
+    await srv.__aenter__()
+    try:
+        km = RemoteKernelManager(srv.url, srv.token)
+        await km.start_kernel()
+        kc = km.client(reconnect_timeout=2)
+        remote.clients.append(kc)
+        await kc.start_channels()
+        futs = [kc.execute('import time; time.sleep(60)', reply=True, timeout=None), ask(kc, '1', timeout=None)]
+        _, started = collect(kc.iopub_channel, futs[0].msg_id, lambda m: m['msg_type'] == 'execute_input')
+        await asyncio.wait_for(started, 30)
+    finally: await srv.__aexit__()
+    res = await asyncio.gather(*futs, return_exceptions=True)
+    assert [type(r) for r in res] == [ConnectionLostError] * 2, res
+    assert 'reconnecting failed for 2' in str(res[0])
+
+
+async def test_the_kernel_is_deleted(remote):
+    "Another manager deletes the kernel (the server says nothing on the websocket): waiters fail with KernelDiedError"
+    km = await remote.kernel()
+    kc = await remote.client(km)
+    waiting = kc.execute('import time; time.sleep(60)', reply=True, timeout=None)
+    other = RemoteKernelManager(remote.srv.url, remote.srv.token, kernel_id=km.kernel_id)
+    assert await other.is_alive()
+    await other.shutdown_kernel()
+    with pytest.raises(KernelDiedError): await waiting
+    with pytest.raises(KernelDiedError): kc.execute('1', reply=True)
+
+
+async def test_the_kernel_dies_and_the_server_restarts_it(remote):
+    "SIGKILL: the server's restarter brings a new kernel; waiters get KernelRestartedError, then the client carries on"
+    km = await remote.kernel()
+    kc = await remote.client(km)
+    assert (await kc.execute('before = 1', reply=True))['content']['status'] == 'ok'
+    waiting = kc.execute('import time; time.sleep(60)', reply=True, timeout=None)
+    _, started = collect(kc.iopub_channel, waiting.msg_id, lambda m: m['msg_type'] == 'execute_input')
+    await asyncio.wait_for(started, 30)
+    for pid in kernel_pids(km.kernel_id): os.kill(pid, signal.SIGKILL)
+    with pytest.raises(KernelRestartedError): await waiting
+    reply = await kc.execute('', reply=True, user_expressions={'v': "'before' in dir()"})
+    assert reply['content']['user_expressions']['v']['data']['text/plain'] == 'False'
+
+
+async def test_a_restart_through_the_manager(remote):
+    "km.restart_kernel(): requests in flight fail with KernelRestartedError, then the same client runs code"
+    km = await remote.kernel()
+    kc = await remote.client(km)
+    waiting = [kc.execute('import time; time.sleep(60)', reply=True, timeout=None), ask(kc, '1')]
+    await km.restart_kernel()
+    assert [type(r) for r in await asyncio.gather(*waiting, return_exceptions=True)] == [KernelRestartedError] * 2
+    fut = ask(kc, '6*7')
+    check(await fut, fut, 42)
+
+
+async def test_wrong_token_url_or_kernel(remote, caplog):
+    "A wrong token, port or kernel id is a named error at once; the token is in no error text and no log line"
+    caplog.set_level(logging.DEBUG)
+    srv = remote.srv
+    errors = []
+    for km, exc in [(RemoteKernelManager(srv.url, 'wrong-' + srv.token), ServerAuthError),
+                    (RemoteKernelManager(srv.url, srv.token, kernel_id='no-such-kernel'), KernelNotFoundError),
+                    (RemoteKernelManager(f'http://127.0.0.1:{srv.port + 1 if srv.port < 65535 else 1}', srv.token), ServerUnreachableError)]:
+        with pytest.raises(exc) as e: await km.start_kernel()
+        errors.append(str(e.value))
+    good = await remote.kernel()
+    bad = RemoteKernelManager(srv.url, 'wrong-' + srv.token, kernel_id=good.kernel_id).client()
+    with pytest.raises(ServerAuthError) as e: await bad.start_channels()
+    errors.append(str(e.value))
+    kc = await remote.client(good) # the kernel is fine for a client with the token
+    assert (await kc.execute('1', reply=True))['content']['status'] == 'ok'
+    assert all(srv.token not in text for text in errors + [r.getMessage() for r in caplog.records]), errors
+
+
+async def test_the_rate_limit_makes_a_run_incomplete():
+    "A server that drops output past its iopub rate limit: the run says it is incomplete"
+    async with LocalServer('server', ('--ServerApp.iopub_msg_rate_limit=50', '--ServerApp.rate_limit_window=1')) as srv:
+        r = Remote(srv)
+        try:
+            kc = await r.client(await r.kernel())
+            run = await kc.run('for i in range(3000): print(i, flush=True)')
+            assert run.reply['content']['status'] == 'ok' and run.incomplete
+            assert sum(o['text'].count('\n') for o in run.outputs if o.get('name') == 'stdout') < 3000
+            assert not (await kc.run('print(1)')).incomplete
+        finally: await r.close()
+
+
+async def test_the_command(remote, capsys):
+    "`python -m conkernelclient --server URL --kernel-id ID SNIPPET...` runs snippets on a remote kernel"
+    km = await remote.kernel()
+    os.environ['JUPYTER_TOKEN'] = remote.srv.token
+    try: code = await command(['print(6*7)'], server=remote.srv.url, kernel_id=km.kernel_id)
+    finally: del os.environ['JUPYTER_TOKEN']
+    assert code == 0 and '42' in capsys.readouterr().out
+    assert await km.is_alive() # an attached kernel is left running
