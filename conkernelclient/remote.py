@@ -13,6 +13,7 @@ from fastcore.basics import patch
 from urllib.parse import urlsplit
 
 from jupyter_client.jsonutil import json_default
+from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.session import DELIM, new_id
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -21,14 +22,14 @@ from traitlets import Float, Unicode
 from traitlets.log import get_logger
 
 from conkernelclient.core import (ChannelsClosedError, ConKernelClient, ConKernelError, ConSession, KernelDiedError,
-                                  KernelRestartedError, RoutedChannel, restart_clients)
+                                  KernelRestartedError, RoutedChannel, is_idle, restart_clients)
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['V1', 'ServerError', 'ServerAuthError', 'KernelNotFoundError', 'ServerUnreachableError', 'ConnectionLostError',
            'Server', 'call', 'v1_pack', 'v1_unpack', 'legacy_pack', 'legacy_unpack', 'KernelWebsocket',
-           'WebsocketChannel', 'RemoteKernelClient', 'RemoteKernelManager', 'LocalServer']
+           'WebsocketChannel', 'RemoteKernelClient', 'ReplyLostError', 'RemoteKernelManager', 'LocalServer']
 
 # %% ../nbs/02_remote.ipynb #283ab5d9
 class ServerError(ConKernelError):
@@ -108,7 +109,8 @@ def v1_unpack(data:bytes) -> tuple[str,list[bytes]]:
 # %% ../nbs/02_remote.ipynb #3df6de26
 def legacy_pack(channel:str, msg:dict) -> str|bytes:
     "The legacy websocket message carrying `msg` on `channel`"
-    body = {k: msg[k] for k in ('header', 'parent_header', 'metadata', 'content')} | {'channel': channel}
+    body = {k: json.loads(msg[k]) if isinstance(msg[k], bytes) else msg[k] # content may be packed already
+            for k in ('header', 'parent_header', 'metadata', 'content')} | {'channel': channel}
     text = json.dumps(body, default=json_default)
     if not msg.get('buffers'): return text
     parts = [text.encode(), *map(bytes, msg['buffers'])]
@@ -132,10 +134,11 @@ class KernelWebsocket:
     "The websocket of kernel `kernel_id` on `server`, shared by one client's channels"
     def __init__(self, server:Server, kernel_id:str, session:ConSession, subprotocol:str|None=V1, reconnect_timeout:float=30,
                  on_lost:Callable[[ConKernelError],None]|None=None, # called once when the connection is gone for good
-                 on_status:Callable[[str],None]|None=None): # called with the state of each parentless iopub status
+                 on_status:Callable[[str],None]|None=None, # called with the state of each parentless iopub status
+                 on_reconnect:Callable[[set[str]],None]|None=None): # called at each reconnection with the msg_ids not yet sent
         self.server, self.kernel_id, self.session = server, kernel_id, session
         self.subprotocol, self.reconnect_timeout = subprotocol, reconnect_timeout
-        self.on_lost, self.on_status = on_lost, on_status
+        self.on_lost, self.on_status, self.on_reconnect = on_lost, on_status, on_reconnect
         self.channels:dict[str,WebsocketChannel] = {}
         self.conn = None
         self.protocol:str|None = None # 'v1' or 'legacy', once connected
@@ -162,17 +165,22 @@ def start(self:KernelWebsocket):
 
 @patch
 async def _connect(self:KernelWebsocket):
-    "Open the websocket; an HTTP refusal is the named error of its status"
+    "Open the websocket, whose closing resolves a `dropped` future of its own; an HTTP refusal is the named error of its status"
     path = f'/api/kernels/{self.kernel_id}/channels?session_id={self.session.session}'
-    self.dropped = asyncio.get_running_loop().create_future()
+    dropped = asyncio.get_running_loop().create_future()
+    def on_message(data): # tornado's callback: each message, then None when the connection closes (or never opened)
+        if data is not None: self._on_message(data)
+        elif not dropped.done(): dropped.set_result(None)
     try:
-        return await websocket_connect(self.server.request(path, ws=True), on_message_callback=self._on_message,
+        conn = await websocket_connect(self.server.request(path, ws=True), on_message_callback=on_message,
                                        subprotocols=[self.subprotocol] if self.subprotocol else None,
                                        max_message_size=2**31 - 1)
     except HTTPClientError as e:
         if e.code == 599: raise ServerUnreachableError(f"nothing answers at {self.server.url}: {e}") from None
         raise _refused(self.server, e.code, f"the websocket of kernel {self.kernel_id}") from None
     except OSError as e: raise ServerUnreachableError(f"nothing answers at {self.server.url}: {e}") from None
+    self.dropped = dropped
+    return conn
 
 @patch
 def _gone(self:KernelWebsocket, e:ConKernelError, since:float|None) -> ConKernelError|None:
@@ -188,15 +196,16 @@ async def _run(self:KernelWebsocket):
     "Connect; reconnect after each drop, with backoff, until `reconnect_timeout`; then tell `on_lost`"
     since = None
     while True:
+        if since is not None: await asyncio.sleep(min(2, 0.25 * 2 ** self.drops)) # let the server see the drop first
         try: conn = await self._connect()
         except ConKernelError as e:
             if (gone := self._gone(e, since)) is not None: return self.on_lost(gone)
-            await asyncio.sleep(min(2, 0.1 * 2 ** self.drops))
             self.drops += 1
             continue
         self.conn, self.protocol, self.drops = conn, 'v1' if conn.selected_subprotocol == V1 else 'legacy', 0
         _quickack(conn)
         waiting, self.waiting = self.waiting, []
+        if since is not None and self.on_reconnect is not None: self.on_reconnect({m['header']['msg_id'] for _, m in waiting})
         for name, msg in waiting: self._write(name, msg)
         for ch in self.channels.values(): ch.parked.set()
         await self.dropped
@@ -205,11 +214,8 @@ async def _run(self:KernelWebsocket):
 
 # %% ../nbs/02_remote.ipynb #a3df99a4
 @patch
-def _on_message(self:KernelWebsocket, data:str|bytes|None):
-    "Deliver one websocket message to its channel, as the frames a ZMQ socket would have given; `None`: the connection closed"
-    if data is None:
-        if not self.dropped.done(): self.dropped.set_result(None)
-        return
+def _on_message(self:KernelWebsocket, data:str|bytes):
+    "Deliver one websocket message to its channel, as the frames a ZMQ socket would have given"
     _quickack(self.conn)
     try:
         name, frames = v1_unpack(data) if self.protocol == 'v1' else legacy_unpack(data)
@@ -240,7 +246,7 @@ def send(self:KernelWebsocket, channel:str, msg:dict):
 def _write(self:KernelWebsocket, channel:str, msg:dict):
     "Write `msg` in the connection's protocol; if the connection has just closed, keep it for the next one"
     if self.protocol == 'v1':
-        pack = self.session.pack
+        pack = lambda part: part if isinstance(part, bytes) else self.session.pack(part) # content may be packed already
         data = v1_pack(channel, [pack(msg['header']), pack(msg['parent_header']), pack(msg['metadata']),
                                  pack(msg['content']), *map(bytes, msg.get('buffers') or [])])
     else: data = legacy_pack(channel, msg)
@@ -285,7 +291,7 @@ class _NoHeartbeat:
     def pause(self): pass
     def unpause(self): pass
 
-# %% ../nbs/02_remote.ipynb #8deac1c3
+# %% ../nbs/02_remote.ipynb #b80a4af7
 def _keyless_session() -> ConSession:
     "A session that signs nothing (the server signs), made without jupyter_client's warning that signing is disabled"
     logger = get_logger()
@@ -307,9 +313,10 @@ class RemoteKernelClient(ConKernelClient):
         super().__init__(**kwargs)
         self.server, self.kernel_id = server, kernel_id
         self.ws = KernelWebsocket(server, kernel_id, self.session, self.subprotocol, self.reconnect_timeout,
-                                  on_lost=self._close, on_status=self._kernel_status)
+                                  on_lost=self._close, on_status=self._kernel_status, on_reconnect=self._reconnected)
         self._hb = _NoHeartbeat()
         self._restarted:asyncio.Task|None = None # the handshake with a kernel the server restarted
+        self._probes:set[asyncio.Task] = set() # after a reconnection: which requests lost their reply
 
     def __repr__(self): return f"<RemoteKernelClient of kernel {self.kernel_id} on {self.server.url}>"
 
@@ -339,12 +346,45 @@ def _kernel_status(self:RemoteKernelClient, state:str):
         self._restarted.add_done_callback(lambda t: t.cancelled() or t.exception()) # its failure closes the client
     elif state == 'dead': self._close(KernelDiedError("the server says the kernel is dead: its restarter gave up"))
 
+# %% ../nbs/02_remote.ipynb #726b215e
+class ReplyLostError(ConKernelError):
+    "The kernel's websocket dropped while the request was in flight, and the server did not replay its reply"
+
+# %% ../nbs/02_remote.ipynb #148a3504
+@patch
+def _reconnected(self:RemoteKernelClient, unsent:set[str]):
+    "After a reconnection: probe each shell that had requests in flight (sent, not in `unsent`) for lost replies"
+    for ch in (self.shell_channel, self.control_channel):
+        before = {m: ch.unanswered.get(m) for m in ch.router.pending if m not in unsent and (ch.window is None or m in ch.unanswered)}
+        for key in set(before.values()):
+            task = asyncio.ensure_future(self._probe(ch, key, [m for m, k in before.items() if k == key]))
+            self._probes.add(task)
+            task.add_done_callback(self._probes.discard)
+
+@patch
+async def _probe(self:RemoteKernelClient, ch:WebsocketChannel, key:str|None, sent:list[str]):
+    "Send a probe behind `sent` on shell `key` of `ch`; once it is answered, fail those of `sent` still unanswered"
+    if ch is self.control_channel: msg = self.session.msg('kernel_info_request')
+    else: msg = self._execute_msg('', key, silent=False, store_history=False, stop_on_error=False)
+    mid = msg['header']['msg_id']
+    quiet = self.iopub_channel.router.follow(mid, is_idle) # the probe's own iopub messages are nobody's
+    reply = ch.router.expect(mid, None)
+    ch._transmit(msg) # not through the window: lost replies may be what fills it
+    try: await reply
+    except ConKernelError: return
+    finally: quiet.cancel()
+    for m in sent:
+        if (fut := ch.router.pending.get(m)) is None: continue
+        ch._answered(m)
+        fut.set_exception(ReplyLostError(f"the websocket dropped while request {m} was in flight, and the server did not replay its reply"))
+
 # %% ../nbs/02_remote.ipynb #9cf66227
 @patch
 def _close(self:RemoteKernelClient, exc:ConKernelError):
     "`ConKernelClient._close`, then close the websocket"
     ConKernelClient._close(self, exc)
     self.ws.close()
+    for task in list(self._probes): task.cancel()
     if self._restarted is not None and self._restarted is not asyncio.current_task(): self._restarted.cancel()
 
 @patch
@@ -429,9 +469,11 @@ def _free_port() -> int:
 
 class LocalServer:
     "`async with LocalServer() as srv:` a `jupyter server` (`kind='gateway'`: `jupyter kernelgateway`) on loopback, at `srv.url`"
-    def __init__(self, kind:str='server', args:tuple[str,...]=()):
+    def __init__(self, kind:str='server',
+                 args:tuple[str,...]=(), # more command-line options for the server
+                 kernels:dict[str,KernelSpec]|None=None): # kernel specs the server offers besides the installed ones
         if kind not in ('server', 'gateway'): raise ValueError(f"kind is 'server' or 'gateway', not {kind!r}")
-        self.kind, self.args, self.token, self.port = kind, args, new_id(), _free_port()
+        self.kind, self.args, self.kernels, self.token, self.port = kind, args, kernels or {}, new_id(), _free_port()
         self.url, self.proc = f'http://127.0.0.1:{self.port}', None
 
     def __repr__(self): return f"LocalServer({self.kind!r}, {self.url})"
@@ -450,7 +492,11 @@ class LocalServer:
 async def __aenter__(self:LocalServer) -> LocalServer:
     self.dir = tempfile.TemporaryDirectory(prefix=f'conkernelclient-{self.kind}-')
     self.log = open(os.path.join(self.dir.name, 'log'), 'w+')
-    env = dict(os.environ, JUPYTER_RUNTIME_DIR=self.dir.name)
+    for name, spec in self.kernels.items():
+        os.makedirs(d := os.path.join(self.dir.name, 'kernels', name))
+        with open(os.path.join(d, 'kernel.json'), 'w') as f: json.dump(spec.to_dict(), f)
+    # runtime, data and config directories of its own: its kernel specs are the installed ones and `kernels`
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=self.dir.name, JUPYTER_DATA_DIR=self.dir.name, JUPYTER_CONFIG_DIR=self.dir.name)
     self.proc = subprocess.Popen(self.command(self.dir.name), stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                  cwd=self.dir.name, start_new_session=True)
     try: await self._ready()

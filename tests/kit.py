@@ -1,5 +1,5 @@
 """Helpers the test modules share: a gate that keeps a kernel busy, kernels of a test's own, requests checked by value,
-a request's messages followed up to its `idle`."""
+a request's messages followed up to its `idle`, a TCP relay that taps and cuts connections."""
 from __future__ import annotations
 import asyncio
 
@@ -88,3 +88,45 @@ def collect(ch:RoutedChannel, mid:str, until:Callable[[dict],bool]=is_idle) -> t
     "Follow request `mid` on `ch`: a list of its messages, and a future resolved by the first for which `until` is true (by default its `idle`)"
     msgs = []
     return msgs, ch.router.follow(mid, lambda msg: (msgs.append(msg), until(msg))[1])
+
+
+class Relay:
+    "A TCP relay on 127.0.0.1 to `port`: keeps what clients send (`sent`); `cut` breaks its connections, `hold` refuses new ones"
+    def __init__(self, port:int):
+        self.port, self.sent, self.tasks, self.writers, self.held = port, bytearray(), set(), set(), False
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self._relay, '127.0.0.1', 0)
+        self.local_port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+        self.cut()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.server.wait_closed()
+
+    def cut(self, hold:bool=False):
+        "Break every connection through the relay (as a network blip or a proxy restart does); with `hold`, refuse new ones until `release`"
+        self.held = hold
+        for w in self.writers: w.transport.abort()
+        for t in self.tasks: t.cancel()
+
+    def release(self): self.held = False
+
+    async def _relay(self, cr, cw):
+        if self.held: return cw.transport.abort()
+        kr, kw = await asyncio.open_connection('127.0.0.1', self.port)
+        self.writers |= {cw, kw}
+        up, down = asyncio.ensure_future(self._pipe(cr, kw, self.sent)), asyncio.ensure_future(self._pipe(kr, cw))
+        self.tasks |= {up, down}
+        await asyncio.gather(up, down, return_exceptions=True)
+        for w in (cw, kw): w.transport.abort()
+        self.writers -= {cw, kw}
+        self.tasks -= {up, down}
+
+    async def _pipe(self, r, w, keep:bytearray|None=None):
+        while data := await r.read(65536):
+            if keep is not None: keep += data
+            w.write(data)
+            await w.drain()

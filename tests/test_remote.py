@@ -13,9 +13,10 @@ from nbclient import NotebookClient
 import conkernelclient.requests # noqa: F401 (kc.run, kc.subshell)
 from conkernelclient import KernelDiedError, KernelRestartedError
 from conkernelclient.cli import command
+from conkernelclient.stubkernel import stub_spec
 from conkernelclient.remote import (ConnectionLostError, KernelNotFoundError, LocalServer, RemoteKernelClient,
-                                    RemoteKernelManager, ServerAuthError, ServerUnreachableError)
-from kit import Gate, ask, check, collect
+                                    RemoteKernelManager, ReplyLostError, ServerAuthError, ServerUnreachableError)
+from kit import Gate, Relay, ask, check, collect
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(scope='module', params=['server', 'gateway'])
 def server(request, aio_loop):
     "A real jupyter server (and then a kernel gateway) on loopback, for the module's tests"
-    srv = LocalServer(request.param)
+    srv = LocalServer(request.param, kernels={'stub': stub_spec()})
     aio_loop.run_until_complete(srv.__aenter__())
     yield srv
     aio_loop.run_until_complete(srv.__aexit__())
@@ -65,10 +66,11 @@ def kernel_pids(kid:str) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+@pytest.mark.parametrize('kernel', ['python3', 'async'])
 @pytest.mark.parametrize('protocol', ['v1', 'legacy'])
-async def test_many_requests_each_to_its_caller(remote, protocol):
+async def test_many_requests_each_to_its_caller(remote, protocol, kernel):
     "100 requests outstanding on one websocket, each reply to its own caller, on both protocols; control requests too"
-    km = await remote.kernel()
+    km = await remote.kernel(kernel_name=kernel)
     kc = await remote.client(km, subprotocol=None if protocol == 'legacy' else 'v1.kernel.websocket.jupyter.org')
     assert kc.ws.protocol == protocol
     futs = [ask(kc, f'{i}*{i}') for i in range(100)]
@@ -77,6 +79,26 @@ async def test_many_requests_each_to_its_caller(remote, protocol):
     r = await kc.run('import sys; print("out"); print("err", file=sys.stderr); 6*7')
     assert [o.get('name', o['output_type']) for o in r.outputs] == ['stdout', 'stderr', 'execute_result']
     assert not r.incomplete
+
+
+@pytest.mark.parametrize('protocol', ['v1', 'legacy'])
+async def test_binary_buffers(remote, protocol):
+    "A message with binary buffers (a comm's) arrives whole on both protocols"
+    km = await remote.kernel()
+    kc = await remote.client(km, subprotocol=None if protocol == 'legacy' else 'v1.kernel.websocket.jupyter.org')
+    r = await kc.run("from comm import create_comm\nc = create_comm(target_name='t', buffers=[b'\\x00\\x01', b'xyz'])")
+    [opened] = [m for m in r.msgs if m['msg_type'] == 'comm_open']
+    assert [bytes(b) for b in opened['buffers']] == [b'\x00\x01', b'xyz']
+
+
+async def test_the_stub_kernel(remote):
+    "The stub kernel, through a kernel spec the test gave the server: 1,000 requests in flight, each answered"
+    km = await remote.kernel(kernel_name='stub')
+    kc = await remote.client(km)
+    futs = [kc.execute('pass', reply=True) for _ in range(1000)]
+    replies = await asyncio.gather(*futs)
+    assert [r['parent_header']['msg_id'] for r in replies] == [f.msg_id for f in futs]
+    assert all(r['content']['status'] == 'ok' for r in replies)
 
 
 async def test_the_standard_api(remote):
@@ -121,24 +143,63 @@ async def test_nbclient_runs_a_notebook(remote):
     await client.kc.astop_channels()
 
 
-async def test_the_websocket_drops_and_comes_back(remote, tmp_path):
-    "The connection breaks with 20 requests in flight: the client reconnects with its session id, and all 20 complete"
+async def relayed(remote:Remote, relay:Relay) -> tuple[RemoteKernelManager, RemoteKernelClient]:
+    "A kernel of the server, and a started client that reaches the server through `relay`"
     km = await remote.kernel()
-    kc = await remote.client(km)
-    gate = Gate(tmp_path/'open')
+    kc = RemoteKernelManager(f'http://127.0.0.1:{relay.local_port}', remote.srv.token, kernel_id=km.kernel_id).client()
+    remote.clients.append(kc)
+    await kc.start_channels()
+    return km, kc
+
+
+async def busy_behind_gate(kc:RemoteKernelClient, gate:Gate, n:int) -> tuple:
+    "A request that waits for `gate` and has started, and `n` requests queued behind it, which the server has passed on"
     first = kc.execute(gate.code, reply=True, timeout=None)
     _, started = collect(kc.iopub_channel, first.msg_id, lambda m: m['msg_type'] == 'execute_input')
     await asyncio.wait_for(started, 30)
-    futs = [ask(kc, f'{i}') for i in range(20)]
-    conn = kc.ws.conn
-    conn.stream.close() # the TCP connection goes, as in a network blip or a proxy restart
-    await asyncio.wait_for(kc.ws.dropped, 10)
-    during = ask(kc, "'sent while down'") # waits for the new connection
-    gate.open()
-    assert (await first)['content']['status'] == 'ok'
-    for fut, reply, i in zip(futs, await asyncio.gather(*futs), range(20)): check(reply, fut, i)
-    check(await during, during, 'sent while down')
-    assert kc.ws.conn is not None and kc.ws.conn is not conn
+    futs = [ask(kc, f'{i}', timeout=None) for i in range(n)]
+    # the server reads the websocket in order, so once a later control request is answered it has passed all of them on
+    await kc.request('kernel_info', channel='control')
+    return first, futs
+
+
+async def test_the_websocket_drops_and_comes_back(remote, tmp_path):
+    "The connection breaks with 20 requests in flight: the client reconnects with its session id, the server replays, all complete"
+    async with Relay(remote.srv.port) as relay:
+        km, kc = await relayed(remote, relay)
+        gate = Gate(tmp_path/'open')
+        first, futs = await busy_behind_gate(kc, gate, 20)
+        conn = kc.ws.conn
+        relay.cut() # as a network blip or a proxy restart does
+        await asyncio.wait_for(kc.ws.dropped, 10)
+        during = ask(kc, "'sent while down'") # waits for the new connection
+        gate.open()
+        assert (await first)['content']['status'] == 'ok'
+        for fut, reply, i in zip(futs, await asyncio.gather(*futs), range(20)): check(reply, fut, i)
+        check(await during, during, 'sent while down')
+        assert kc.ws.conn is not None and kc.ws.conn is not conn
+
+
+async def test_the_server_cannot_replay(remote, tmp_path):
+    """The connection breaks; while the client cannot reconnect, another session connects to the kernel, so the server
+    throws away what it kept for the client, and the kernel finishes the client's requests meanwhile. Once back, the
+    client learns it with its probe: those requests fail with ReplyLostError instead of waiting for ever"""
+    async with Relay(remote.srv.port) as relay:
+        km, kc = await relayed(remote, relay)
+        gate = Gate(tmp_path/'open')
+        first, futs = await busy_behind_gate(kc, gate, 5)
+        relay.cut(hold=True)
+        await asyncio.wait_for(kc.ws.dropped, 10)
+        other = await remote.client(km) # a session of its own: the server discards the client's buffer
+        _, finished = collect(other.iopub_channel, futs[-1].msg_id) # iopub reaches every session: the last one's idle
+        gate.open()
+        await asyncio.wait_for(finished, 30)
+        relay.release()
+        res = await asyncio.gather(first, *futs, return_exceptions=True)
+        assert [type(r) for r in res] == [ReplyLostError] * 6, res
+        fut = ask(kc, '6*7') # the client carries on
+        check(await fut, fut, 42)
+        assert kc.in_flight == 0 and not kc.shell_channel.unanswered
 
 
 async def test_the_server_goes_away(remote, tmp_path):

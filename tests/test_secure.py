@@ -12,6 +12,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from conkernelclient.cli import command
 from conkernelclient.stubkernel import StubKernelSpecManager
+from kit import Relay
 
 pytestmark = pytest.mark.timeout(60)
 PLAIN = {'auto': False, 'disabled': True} # transport_encryption -> does the kernel run over plain TCP?
@@ -66,42 +67,13 @@ async def test_a_client_without_the_keys_gets_no_answer(kernels, enc, name):
         mon.close(0); sock.close(0); ctx.term()
 
 
-class Tap:
-    "A TCP relay between a client and one port of the kernel; it keeps every byte the client sent through it"
-    def __init__(self, port:int):
-        self.port, self.sent, self.tasks = port, bytearray(), []
-
-    async def __aenter__(self):
-        self.server = await asyncio.start_server(self._relay, '127.0.0.1', 0)
-        self.local_port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc):
-        self.server.close()
-        for t in self.tasks: t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.server.wait_closed()
-
-    async def _relay(self, cr, cw):
-        kr, kw = await asyncio.open_connection('127.0.0.1', self.port)
-        self.tasks += [asyncio.current_task(), asyncio.ensure_future(self._pipe(kr, cw))]
-        try: await self._pipe(cr, kw, self.sent)
-        finally: kw.close(); cw.close()
-
-    async def _pipe(self, r, w, keep:bytearray|None=None):
-        while data := await r.read(65536):
-            if keep is not None: keep += data
-            w.write(data)
-            await w.drain()
-
-
 @pytest.mark.parametrize('name', ['python3', 'async'])
 @pytest.mark.parametrize('enc', PLAIN)
 async def test_the_code_sent_cannot_be_read_on_the_wire(kernels, enc, name):
     "Everything a client sends on shell, captured between it and the kernel: the code is not in it, unless unencrypted"
     km = await start(kernels, enc, name)
     secret = 'the-secret-' + 'code' * 3
-    async with Tap(km.shell_port) as tap:
+    async with Relay(km.shell_port) as tap:
         kc = km.client()
         kc.shell_port = tap.local_port
         kernels.clients.append(kc)
