@@ -23,7 +23,9 @@ which runs nothing and answers at once, so the client is the bottleneck; ipykern
 is, with batches up to 1,000 (ipykernel deadlocks with about 2,000 queued). Then: collecting the output of a cell
 that prints many lines and of one that displays many values; the heap each outstanding request holds (tracemalloc,
 while the stub withholds every reply); the time a quick request on a subshell takes while the main shell sleeps; and
-what encryption costs: ConKernelClient on ipykernel and async-kernel started over plain TCP and with CurveZMQ.
+what encryption costs: ConKernelClient on ipykernel and async-kernel started over plain TCP and with CurveZMQ; and
+what a Jupyter Server in between costs: the stub kernel and ipykernel behind a real `jupyter server`, reached through
+its websocket (with and without TCP_QUICKACK) and over ZMQ straight to the kernel.
 ConKernelManager encrypts every kernel whose spec supports it, so the real kernels' rows are all encrypted ones.
 
 How to read the figures. Each is the median of the repeats (5, or 2 with `--quick`), per request: requests per
@@ -50,7 +52,8 @@ from traitlets import default
 
 import conkernelclient.requests # adds `request`, `create_subshell` and `delete_subshell` to ConKernelClient
 from conkernelclient.core import ConKernelClient, ConKernelManager, is_idle, unbounded_context
-from conkernelclient.stubkernel import StubKernelSpecManager
+from conkernelclient.remote import LocalServer, RemoteKernelManager
+from conkernelclient.stubkernel import StubKernelSpecManager, stub_spec
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +370,33 @@ async def _encryption(name:str, plan:Plan) -> list[dict]:
         for km in kms.values(): await km.shutdown_kernel(now=True)
     return [dict(_row(name, CON, n, costs, ok), transport=TRANSPORTS[enc]) for (enc, n), (costs, ok) in tally.items()]
 
+WS, ZMQ = 'websocket', 'ZMQ, direct'
+WS_TRANSPORTS = (ZMQ, WS, f'{WS}, no QUICKACK')
+
+async def _websocket(name:str, plan:Plan) -> list[dict]:
+    "ConKernelClient and a kernel `name` behind a real Jupyter Server: through its websocket, and over ZMQ straight to the kernel"
+    n, total, tally = plan.kernel_batches[-1], plan.kernel_requests, {}
+    async with LocalServer('server', kernels={'stub': stub_spec()}) as srv:
+        km = RemoteKernelManager(srv.url, srv.token, kernel_name=name)
+        await km.start_kernel()
+        def direct() -> ConKernelClient:
+            kc = ConKernelClient()
+            kc.load_connection_file(os.path.join(srv.dir.name, f'kernel-{km.kernel_id}.json'))
+            return kc
+        clients = dict(zip(WS_TRANSPORTS, (direct, km.client, lambda: km.client(quickack=False))))
+        try:
+            for _ in range(plan.repeats):
+                for transport, make in clients.items():
+                    kc = await make().start_channels()
+                    try:
+                        await pipelined(kc, 100); await settle(kc)
+                        runs = {(transport, 1): (lambda k: one_at_a_time(kc, k), min(total, 50), 1),
+                                (transport, n): (lambda k: pipelined(kc, k), n, max(1, total // n))}
+                        await _time_runs(runs, None, lambda: settle(kc), tally)
+                    finally: await kc.astop_channels()
+        finally: await km.shutdown_kernel()
+    return [dict(_row(name, CON, k, costs, ok), transport=t) for (t, k), (costs, ok) in tally.items()]
+
 async def bench_kernel(km:ConKernelManager, name:str, plan:Plan) -> dict:
     "Every measurement of the kernel of spec `name`, run by `km`: throughput, output, memory and concurrency rows"
     proc, tallies = kernel_process(km), dict(throughput={}, outputs={})
@@ -384,7 +414,8 @@ async def bench_kernel(km:ConKernelManager, name:str, plan:Plan) -> dict:
                 outputs=sorted(outputs, key=lambda r: order[r['client']]),
                 memory=await _memory(km, plan) if name == 'stub' else [],
                 concurrency=await _concurrency(km, name, plan),
-                encryption=[] if name == 'stub' else await _encryption(name, plan))
+                encryption=[] if name == 'stub' else await _encryption(name, plan),
+                websocket=await _websocket(name, plan) if name in ('stub', 'python3') else [])
 
 def _versions() -> dict:
     "Versions of Python and of the packages measured"
@@ -427,7 +458,7 @@ def results(per_kernel:dict, plan:Plan, command:str=COMMAND) -> dict:
     meta = dict(command=command, date=datetime.now(timezone.utc).isoformat(timespec='seconds'), commit=_commit(),
                 machine=f'{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs', versions=_versions())
     return dict(meta=meta, plan=asdict(plan), targets=targets(per_kernel),
-                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'concurrency', 'encryption')})
+                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'concurrency', 'encryption', 'websocket')})
 
 KERNEL_NAMES = {'stub': 'stub kernel (client-bound)', 'python3': 'ipykernel', 'async': 'async-kernel'}
 
@@ -487,6 +518,16 @@ def _encryption_md(rows:list[dict]) -> list[str]:
     return _table(['kernel', 'transport', 'in flight', 'requests/s', 'client CPU µs/request', 'kernel CPU µs/request',
                    'client CPU vs plain TCP'], body)
 
+def _websocket_md(rows:list[dict]) -> list[str]:
+    "The websocket table"
+    body = []
+    for r in sorted(rows, key=lambda r: (r['kernel'], r['in_flight'], WS_TRANSPORTS.index(r['transport']))):
+        zmq_ = next(z for z in rows if z['kernel'] == r['kernel'] and z['in_flight'] == r['in_flight'] and z['transport'] == ZMQ)
+        body.append([KERNEL_NAMES.get(r['kernel'], r['kernel']), r['transport'], _f(r['in_flight']), _f(r['requests_per_s']),
+                     _f(r['wall_us']), _f(r['cpu_us']), _f(_ratio(r['cpu_us'], zmq_['cpu_us']), '{:.2f}×')])
+    return _table(['kernel', 'transport', 'in flight', 'requests/s', 'wall µs/request', 'client CPU µs/request',
+                   'client CPU vs ZMQ direct'], body)
+
 def markdown(res:dict) -> str:
     "The results as a markdown document"
     m, p = res['meta'], res['plan']
@@ -511,7 +552,11 @@ def markdown(res:dict) -> str:
             *_concurrency_md(res['concurrency']),
             '', '## Encryption', '', 'ConKernelClient pipelined on the same kernel spec started twice: over plain TCP '
             "(`transport_encryption='disabled'`) and encrypted with CurveZMQ (ConKernelManager's default where the kernel "
-            'supports it, as in the tables above).', '', *_encryption_md(res['encryption'])]
+            'supports it, as in the tables above).', '', *_encryption_md(res['encryption']),
+            '', '## Remote kernels', '', 'ConKernelClient and one kernel started by a real Jupyter Server on loopback: '
+            "`RemoteKernelClient` through the server's kernel websocket (v1 protocol), with and without `TCP_QUICKACK`, "
+            'and `ConKernelClient` over ZMQ straight to the same kernel, through its connection file. The server runs '
+            'kernels unencrypted, as jupyter_server does by default.', '', *_websocket_md(res['websocket'])]
     return '\n'.join(out) + '\n'
 
 STYLES = {PLAIN: dict(ls='--', marker='o'), PLAIN_IOPUB: dict(ls=':', marker='s'), CON: dict(ls='-', marker='D')}

@@ -18,7 +18,7 @@ from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.session import DELIM, new_id
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClosedError, websocket_connect
-from traitlets import Float, Unicode
+from traitlets import Bool, Float, Unicode
 from traitlets.log import get_logger
 
 from conkernelclient.core import (ChannelsClosedError, ConKernelClient, ConKernelError, ConSession, KernelDiedError,
@@ -133,11 +133,12 @@ def legacy_unpack(data:str|bytes) -> tuple[str,list[bytes]]:
 class KernelWebsocket:
     "The websocket of kernel `kernel_id` on `server`, shared by one client's channels"
     def __init__(self, server:Server, kernel_id:str, session:ConSession, subprotocol:str|None=V1, reconnect_timeout:float=30,
+                 quickack:bool=True, # acknowledge each message at once (Linux), so a server's Nagle costs no delay
                  on_lost:Callable[[ConKernelError],None]|None=None, # called once when the connection is gone for good
                  on_status:Callable[[str],None]|None=None, # called with the state of each parentless iopub status
                  on_reconnect:Callable[[set[str]],None]|None=None): # called at each reconnection with the msg_ids not yet sent
         self.server, self.kernel_id, self.session = server, kernel_id, session
-        self.subprotocol, self.reconnect_timeout = subprotocol, reconnect_timeout
+        self.subprotocol, self.reconnect_timeout, self.quickack = subprotocol, reconnect_timeout, quickack
         self.on_lost, self.on_status, self.on_reconnect = on_lost, on_status, on_reconnect
         self.channels:dict[str,WebsocketChannel] = {}
         self.conn = None
@@ -203,7 +204,7 @@ async def _run(self:KernelWebsocket):
             self.drops += 1
             continue
         self.conn, self.protocol, self.drops = conn, 'v1' if conn.selected_subprotocol == V1 else 'legacy', 0
-        _quickack(conn)
+        if self.quickack: _quickack(conn)
         waiting, self.waiting = self.waiting, []
         if since is not None and self.on_reconnect is not None: self.on_reconnect({m['header']['msg_id'] for _, m in waiting})
         for name, msg in waiting: self._write(name, msg)
@@ -216,7 +217,7 @@ async def _run(self:KernelWebsocket):
 @patch
 def _on_message(self:KernelWebsocket, data:str|bytes):
     "Deliver one websocket message to its channel, as the frames a ZMQ socket would have given"
-    _quickack(self.conn)
+    if self.quickack: _quickack(self.conn)
     try:
         name, frames = v1_unpack(data) if self.protocol == 'v1' else legacy_unpack(data)
         ch = self.channels[name]
@@ -307,12 +308,14 @@ class RemoteKernelClient(ConKernelClient):
     reconnect_timeout = Float(30, config=True, help="Seconds a dropped websocket is retried before the client closes")
     subprotocol = Unicode(V1, allow_none=True, config=True,
                           help="The websocket subprotocol to ask for; None: jupyter's legacy JSON protocol only")
+    quickack = Bool(True, config=True, help="Acknowledge each websocket message at once (Linux TCP_QUICKACK); "
+                    "False lets a server's Nagle delay each small reply by the client's delayed ACK")
 
     def __init__(self, server:Server, kernel_id:str, **kwargs):
         if 'session' not in kwargs: kwargs['session'] = _keyless_session()
         super().__init__(**kwargs)
         self.server, self.kernel_id = server, kernel_id
-        self.ws = KernelWebsocket(server, kernel_id, self.session, self.subprotocol, self.reconnect_timeout,
+        self.ws = KernelWebsocket(server, kernel_id, self.session, self.subprotocol, self.reconnect_timeout, self.quickack,
                                   on_lost=self._close, on_status=self._kernel_status, on_reconnect=self._reconnected)
         self._hb = _NoHeartbeat()
         self._restarted:asyncio.Task|None = None # the handshake with a kernel the server restarted

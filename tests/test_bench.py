@@ -106,6 +106,14 @@ def test_encryption(res):
     assert all(r['answered'] == r['sent'] > 0 and r['cpu_us'] > 0 for r in rows)
 
 
+def test_websocket(res):
+    "The stub kernel and ipykernel behind a real server: each transport at 1 and at the largest batch, every request answered"
+    rows, n = res['websocket'], res['plan']['kernel_batches'][-1]
+    assert sorted((r['kernel'], r['transport'], r['in_flight']) for r in rows) == sorted(
+        (k, t, i) for k in ('stub', 'python3') for t in ('ZMQ, direct', 'websocket', 'websocket, no QUICKACK') for i in (1, n))
+    assert all(r['answered'] == r['sent'] > 0 and r['cpu_us'] > 0 for r in rows)
+
+
 def test_targets(res):
     "All four targets have a value and a verdict (whatever it is)"
     assert [t['unit'] for t in res['targets']] == ['×', '×', 'bytes', '×']
@@ -121,5 +129,5 @@ def test_markdown_and_plot(res, out):
         section = next(s for s in sections if s.startswith(title + '\n'))
         rows = [l for l in section.split('\n## ')[0].splitlines() if l.startswith('| ')]
         assert len(rows) - 1 == sum(r['kernel'] == kernel for r in res['throughput']) # less the header row
-    for head in ('## Targets', '## Output collection', '## Memory', '## Concurrency', '## Encryption'): assert f'\n{head}\n' in md
+    for head in ('## Targets', '## Output collection', '## Memory', '## Concurrency', '## Encryption', '## Remote kernels'): assert f'\n{head}\n' in md
     assert (out/'bench.png').read_bytes()[:4] == b'\x89PNG'

@@ -195,7 +195,7 @@ async def test_vanilla_get_msgs_never_returns(clients):
 
 REQUESTS = {
     'kernel_info': lambda kc: kc.kernel_info(reply=True, timeout=10),
-    'complete': lambda kc: kc.complete('impo', reply=True, timeout=10),
+    'complete': lambda kc: kc.complete('%tim', reply=True, timeout=10),
     'inspect': lambda kc: kc.inspect('print', reply=True, timeout=10),
     'history': lambda kc: kc.history(reply=True, timeout=10, hist_access_type='tail', n=1),
     'is_complete': lambda kc: kc.is_complete('for i in x:', reply=True, timeout=10),
@@ -209,7 +209,7 @@ async def test_reply_wrappers(clients):
     for name, kc in (await clients()).items():
         res[name] = {req: shape(await ask(kc)) for req, ask in REQUESTS.items()}
         assert (await REQUESTS['is_complete'](kc))['content'] == {'status': 'incomplete', 'indent': '    '}
-        assert 'import' in (await REQUESTS['complete'](kc))['content']['matches']
+        assert '%timeit' in (await REQUESTS['complete'](kc))['content']['matches']
     assert [r['msg_type'] for r in same(res).values()] == [f'{req}_reply' for req in REQUESTS]
 
 
