@@ -80,7 +80,7 @@ async def test_the_code_sent_cannot_be_read_on_the_wire(kernels, enc, name):
         await kc.start_channels()
         reply = await kc.execute(f'x = {secret!r}', reply=True)
         assert reply['content']['status'] == 'ok'
-        assert len(tap.sent) > 1000 # the handshake and the request went through the tap
+        assert tap.sent # the request went through the tap: the client knows no other way to the shell
         assert (secret.encode() in tap.sent) == PLAIN[enc]
         assert (b'execute_request' in tap.sent) == PLAIN[enc]
 
