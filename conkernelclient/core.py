@@ -482,6 +482,8 @@ def check_loop(self:RoutedChannel):
     if loop is self.loop: return
     if self.loop is None and loop is not None: return self.start()
     if self.loop is None: raise WrongLoopError("the channel is not started, and no event loop is running here to start it on")
+    if loop is None and not self.loop.is_running():
+        raise WrongLoopError("the client's event loop is not running: call it from a coroutine running on that loop")
     raise WrongLoopError("the client runs on another event loop: call it from that loop's thread "
                          "(e.g. with asyncio.run_coroutine_threadsafe)")
 
@@ -729,13 +731,28 @@ def _close(self:ConKernelClient, exc:ConKernelError):
 @patch
 def stop_channels(self:ConKernelClient):
     "Stop every channel: requests in flight, and any later request, raise `ChannelsClosedError`"
+    tasks = self._tasks
     self._close(ChannelsClosedError("the client's channels were stopped"))
+    _end_idle(tasks)
+
+@patch(as_prop=True)
+def _tasks(self:ConKernelClient) -> list[asyncio.Task]:
+    "The client's tasks not yet done: readers of the channels it made, the start-up, the liveness check"
+    made = (getattr(self, f'_{n}_channel') for n in ('shell', 'control', 'iopub', 'stdin'))
+    return [t for t in (*(ch.reader for ch in made if ch is not None), self._starting, self._liveness) if t is not None and not t.done()]
+
+def _end_idle(tasks:list[asyncio.Task]):
+    "Let cancelled `tasks` end on their loop if it is idle (the client was stopped from synchronous code), so none is left pending"
+    try: asyncio.get_running_loop()
+    except RuntimeError: loop = tasks[0].get_loop() if tasks else None
+    else: return
+    if loop is not None and not loop.is_running() and not loop.is_closed(): loop.run_until_complete(asyncio.wait(tasks))
 
 # %% ../nbs/00_core.ipynb #774a68c4
 @patch
 async def astop_channels(self:ConKernelClient):
     "Stop every channel like `stop_channels`, then wait until the client's tasks have all exited"
-    tasks = [t for t in (*(ch.reader for ch in self.routed), self._starting, self._liveness) if t is not None]
+    tasks = self._tasks
     self.stop_channels()
     if tasks: await asyncio.wait(tasks)
 
@@ -754,6 +771,11 @@ class _Starting:
         self.kc.iopub_channel.inbox.clear()
         return self.kc
 
+# %% ../nbs/00_core.ipynb #c1c60b91
+def _retrieved(task:asyncio.Task):
+    "Done-callback marking `task`'s exception as retrieved: someone else reports it, or nobody needs to"
+    if not task.cancelled(): task.exception()
+
 # %% ../nbs/00_core.ipynb #50cc9758
 @patch
 def start_channels(self:ConKernelClient, shell:bool=True, iopub:bool=True, stdin:bool=True, hb:bool=True,
@@ -761,6 +783,7 @@ def start_channels(self:ConKernelClient, shell:bool=True, iopub:bool=True, stdin
     "Start the channels and their readers (needs a running loop); await the result to wait until the kernel answers"
     AsyncKernelClient.start_channels(self, shell=shell, iopub=iopub, stdin=stdin, hb=hb, control=control)
     self._starting = asyncio.ensure_future(self._until_ready())
+    self._starting.add_done_callback(_retrieved) # its failure is the awaiter's, or `wait_for_ready`'s, to report
     return _Starting(self, self._starting)
 
 # %% ../nbs/00_core.ipynb #006a9e76
@@ -782,7 +805,8 @@ async def _until_answered(self:ConKernelClient):
     deadline = time.monotonic() + self.startup_timeout
     channels = itertools.cycle((self.shell_channel, self.control_channel))
     for n in itertools.count():
-        if await self._handshake(next(channels), min(1, 0.25 * 2**n), min(1, 0.05 * 2**n)): return
+        if await self._handshake(next(channels), min(1, 0.25 * 2**n), min(1, 0.05 * 2**n)):
+            return await self._until_stdin_connected(deadline)
         if not await self.is_alive(): raise KernelDiedError(self._unanswered_because())
         if (forged := self.iopub_channel.forged) is not None: raise KeyMismatchError(self._key_mismatch(forged.sig))
         if time.monotonic() > deadline:
@@ -813,6 +837,22 @@ def connect_iopub(self:ConKernelClient, identity:bytes|None=None) -> zmq.Socket:
     sock = AsyncKernelClient.connect_iopub(self, identity)
     sock.subscribe(b'conkernelclient-' + self.session.bsession)
     return sock
+
+# %% ../nbs/00_core.ipynb #be58b289
+@patch
+def connect_stdin(self:ConKernelClient, identity:bytes|None=None) -> zmq.Socket:
+    "jupyter_client's stdin socket, with `ZMQ_IMMEDIATE`: writable only once connected to the kernel"
+    self.context.sockopts[zmq.IMMEDIATE] = 1 # for this socket only: it must be set before it connects
+    try: return AsyncKernelClient.connect_stdin(self, identity)
+    finally: del self.context.sockopts[zmq.IMMEDIATE]
+
+@patch
+async def _until_stdin_connected(self:ConKernelClient, deadline:float):
+    "Wait until the stdin socket is connected to the kernel (a transport without one has nothing to wait for)"
+    sock = self._stdin_channel.socket if self._stdin_channel is not None else None
+    if sock is None or sock.closed: return
+    if not await sock.poll(max(0, deadline - time.monotonic()) * 1000, zmq.POLLOUT):
+        raise TimeoutError("the kernel answered, but its stdin socket never accepted the client's connection")
 
 # %% ../nbs/00_core.ipynb #d96c1db3
 @patch
@@ -910,7 +950,8 @@ async def get_pubs(self:ConKernelClient,
 @patch
 async def wait_for_ready(self:ConKernelClient, timeout:float|None=None):
     "Wait until the kernel answers the handshake, then drop unclaimed iopub messages; `RuntimeError` as jupyter_client raises"
-    try: await asyncio.wait_for(self._until_answered(), timeout)
+    starting = self._starting is not None and not self._starting.done() # then wait for that start-up, not a second one
+    try: await asyncio.wait_for(asyncio.shield(self._starting) if starting else self._until_answered(), timeout)
     except (asyncio.TimeoutError, TimeoutError): raise RuntimeError(f"Kernel didn't respond in {timeout} seconds") from None
     except KernelDiedError: raise RuntimeError("Kernel died before replying to kernel_info") from None
     self.iopub_channel.inbox.clear()

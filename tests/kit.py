@@ -84,6 +84,12 @@ async def execution_count(kc:ConKernelClient) -> int:
     return (await kc.execute('pass', reply=True))['content']['execution_count']
 
 
+async def running(kc:ConKernelClient, fut, msg_type:str='execute_input'):
+    "Wait for request `fut`'s first iopub message of `msg_type` (default: it has started)"
+    _, seen = collect(kc.iopub_channel, fut.msg_id, lambda msg: msg['msg_type'] == msg_type)
+    await asyncio.wait_for(seen, 30)
+
+
 def collect(ch:RoutedChannel, mid:str, until:Callable[[dict],bool]=is_idle) -> tuple[list[dict], asyncio.Future]:
     "Follow request `mid` on `ch`: a list of its messages, and a future resolved by the first for which `until` is true (by default its `idle`)"
     msgs = []

@@ -12,13 +12,7 @@ from traitlets.config import Config
 
 from conkernelclient import (ChannelsClosedError, ConIOLoopKernelManager, ConKernelClient, KernelDiedError,
                              KernelRestartedError, KeyMismatchError)
-from kit import ask, check, collect, execution_count
-
-
-async def running(kc:ConKernelClient, fut, msg_type:str='execute_input'):
-    "Wait for request `fut`'s first iopub message of `msg_type` (default: it has started)"
-    _, seen = collect(kc.iopub_channel, fut.msg_id, lambda msg: msg['msg_type'] == msg_type)
-    await asyncio.wait_for(seen, 30)
+from kit import ask, check, execution_count, running
 
 
 def outstanding(kc:ConKernelClient, first, n:int=100) -> list:

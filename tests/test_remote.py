@@ -16,7 +16,7 @@ from conkernelclient.cli import command
 from conkernelclient.stubkernel import stub_spec
 from conkernelclient.remote import (ConnectionLostError, KernelNotFoundError, LocalServer, RemoteKernelClient,
                                     RemoteKernelManager, ReplyLostError, ServerAuthError, ServerUnreachableError)
-from kit import Gate, Relay, ask, check, collect
+from kit import Gate, Relay, ask, check, collect, running
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -155,8 +155,7 @@ async def relayed(remote:Remote, relay:Relay) -> tuple[RemoteKernelManager, Remo
 async def busy_behind_gate(kc:RemoteKernelClient, gate:Gate, n:int) -> tuple:
     "A request that waits for `gate` and has started, and `n` requests queued behind it, which the server has passed on"
     first = kc.execute(gate.code, reply=True, timeout=None)
-    _, started = collect(kc.iopub_channel, first.msg_id, lambda m: m['msg_type'] == 'execute_input')
-    await asyncio.wait_for(started, 30)
+    await running(kc, first)
     futs = [ask(kc, f'{i}', timeout=None) for i in range(n)]
     # the server reads the websocket in order, so once a later control request is answered it has passed all of them on
     await kc.request('kernel_info', channel='control')
@@ -213,8 +212,7 @@ async def test_the_server_goes_away(remote, tmp_path):
         remote.clients.append(kc)
         await kc.start_channels()
         futs = [kc.execute('import time; time.sleep(60)', reply=True, timeout=None), ask(kc, '1', timeout=None)]
-        _, started = collect(kc.iopub_channel, futs[0].msg_id, lambda m: m['msg_type'] == 'execute_input')
-        await asyncio.wait_for(started, 30)
+        await running(kc, futs[0])
     finally: await srv.__aexit__()
     res = await asyncio.gather(*futs, return_exceptions=True)
     assert [type(r) for r in res] == [ConnectionLostError] * 2, res
@@ -239,8 +237,7 @@ async def test_the_kernel_dies_and_the_server_restarts_it(remote):
     kc = await remote.client(km)
     assert (await kc.execute('before = 1', reply=True))['content']['status'] == 'ok'
     waiting = kc.execute('import time; time.sleep(60)', reply=True, timeout=None)
-    _, started = collect(kc.iopub_channel, waiting.msg_id, lambda m: m['msg_type'] == 'execute_input')
-    await asyncio.wait_for(started, 30)
+    await running(kc, waiting)
     for pid in kernel_pids(km.kernel_id): os.kill(pid, signal.SIGKILL)
     with pytest.raises(KernelRestartedError): await waiting
     reply = await kc.execute('', reply=True, user_expressions={'v': "'before' in dir()"})
