@@ -115,8 +115,8 @@ async def test_the_standard_api(remote):
     assert reply['content']['status'] == 'ok' and [m['content']['text'] for m in seen if m['msg_type'] == 'stream'] == ['mine\n']
     r = await kc.run('x = input("? ")', input=lambda prompt, password: 'typed')
     assert r.reply['content']['status'] == 'ok'
-    reply = await kc.execute('', reply=True, user_expressions={'x': 'x'})
-    assert reply['content']['user_expressions']['x']['data']['text/plain'] == "'typed'"
+    fut = ask(kc, 'x')
+    check(await fut, fut, 'typed')
 
 
 async def test_subshells(remote):
@@ -240,8 +240,20 @@ async def test_the_kernel_dies_and_the_server_restarts_it(remote):
     await running(kc, waiting)
     for pid in kernel_pids(km.kernel_id): os.kill(pid, signal.SIGKILL)
     with pytest.raises(KernelRestartedError): await waiting
-    reply = await kc.execute('', reply=True, user_expressions={'v': "'before' in dir()"})
-    assert reply['content']['user_expressions']['v']['data']['text/plain'] == 'False'
+    fut = ask(kc, "'before' in dir()") # a new kernel: the old one's namespace is gone
+    check(await fut, fut, False)
+
+
+async def test_interrupt_through_the_manager(remote):
+    "km.interrupt_kernel() (REST) stops the running cell with KeyboardInterrupt; the kernel then runs the next one"
+    km = await remote.kernel()
+    kc = await remote.client(km)
+    sleeping = kc.execute('import time; time.sleep(60)', reply=True, timeout=None, stop_on_error=False)
+    after = ask(kc, '6*7')
+    await running(kc, sleeping)
+    await km.interrupt_kernel()
+    assert (await sleeping)['content']['ename'] == 'KeyboardInterrupt'
+    check(await after, after, 42)
 
 
 async def test_a_restart_through_the_manager(remote):
