@@ -82,12 +82,16 @@ def _refused(server:Server, code:int, what:str) -> ServerError:
     if code == 404: return KernelNotFoundError(f"{server.url} has no {what} (HTTP 404)")
     return ServerError(f"{server.url} answered {what} with HTTP {code}")
 
+def _unreachable(server:Server, why) -> ServerUnreachableError:
+    "The error for a server that did not answer, and why"
+    return ServerUnreachableError(f"nothing answers at {server.url}: {why}")
+
 async def call(server:Server, path:str, method:str='GET', body:dict|None=None, what:str|None=None) -> dict|list|None:
     "The JSON the server answers to a REST call; `ServerError`s name a refusal, `ServerUnreachableError` silence"
     req = server.request(path, method, body if body is not None or method != 'POST' else {})
     try: resp = await AsyncHTTPClient().fetch(req, raise_error=False)
-    except (OSError, HTTPClientError) as e: raise ServerUnreachableError(f"nothing answers at {server.url}: {e}") from None
-    if resp.code == 599: raise ServerUnreachableError(f"nothing answers at {server.url}: {resp.error}")
+    except (OSError, HTTPClientError) as e: raise _unreachable(server, e) from None
+    if resp.code == 599: raise _unreachable(server, resp.error)
     if resp.code >= 400: raise _refused(server, resp.code, what or f"{method} {path}")
     return json.loads(resp.body) if resp.body else None
 
@@ -177,9 +181,9 @@ async def _connect(self:KernelWebsocket):
                                        subprotocols=[self.subprotocol] if self.subprotocol else None,
                                        max_message_size=2**31 - 1)
     except HTTPClientError as e:
-        if e.code == 599: raise ServerUnreachableError(f"nothing answers at {self.server.url}: {e}") from None
+        if e.code == 599: raise _unreachable(self.server, e) from None
         raise _refused(self.server, e.code, f"the websocket of kernel {self.kernel_id}") from None
-    except OSError as e: raise ServerUnreachableError(f"nothing answers at {self.server.url}: {e}") from None
+    except OSError as e: raise _unreachable(self.server, e) from None
     self.dropped = dropped
     return conn
 
@@ -331,13 +335,17 @@ class RemoteKernelClient(ConKernelClient):
     def _renew_transport(self): "The websocket stays: the server connects it to the new kernel"
 
 # %% ../nbs/02_remote.ipynb #e4642933
+async def _alive(server:Server, kernel_id:str) -> bool:
+    "Does `server` have kernel `kernel_id`, not dead? Its REST model says"
+    try: model = await call(server, f'/api/kernels/{kernel_id}', what=f'kernel {kernel_id}')
+    except KernelNotFoundError: return False
+    return model.get('execution_state') != 'dead'
+
 @patch
 async def is_alive(self:RemoteKernelClient) -> bool:
-    "Does the server still have the kernel, alive?"
-    try: model = await call(self.server, f'/api/kernels/{self.kernel_id}', what=f'kernel {self.kernel_id}')
-    except KernelNotFoundError: return False
+    "Does the server still have the kernel, alive? (an unreachable server leaves it to the websocket's reconnection)"
+    try: return await _alive(self.server, self.kernel_id)
     except ServerUnreachableError: return True
-    return model.get('execution_state') != 'dead'
 
 # %% ../nbs/02_remote.ipynb #314d5872
 @patch
@@ -390,12 +398,11 @@ def _close(self:RemoteKernelClient, exc:ConKernelError):
     for task in list(self._probes): task.cancel()
     if self._restarted is not None and self._restarted is not asyncio.current_task(): self._restarted.cancel()
 
-@patch
-async def astop_channels(self:RemoteKernelClient):
-    "Stop every channel like `stop_channels`, then wait until the client's tasks, the websocket's included, have exited"
-    task = self.ws.task
-    await ConKernelClient.astop_channels(self)
-    if task is not None: await asyncio.wait([task])
+@patch(as_prop=True)
+def _tasks(self:RemoteKernelClient) -> list[asyncio.Task]:
+    "`ConKernelClient`'s tasks not yet done, and the websocket's: what stopping the client waits for"
+    ws = self.ws.task
+    return ConKernelClient._tasks.fget(self) + ([ws] if ws is not None and not ws.done() else [])
 
 # %% ../nbs/02_remote.ipynb #4490658a
 class RemoteKernelManager(AsyncKernelManager):
@@ -428,10 +435,7 @@ async def start_kernel(self:RemoteKernelManager, **kw):
 @patch
 async def is_alive(self:RemoteKernelManager) -> bool:
     "Does the server have the kernel, alive?"
-    if self.kernel_id is None: return False
-    try: model = await call(self.server, self._path(), what=f'kernel {self.kernel_id}')
-    except KernelNotFoundError: return False
-    return model.get('execution_state') != 'dead'
+    return self.kernel_id is not None and await _alive(self.server, self.kernel_id)
 
 @patch
 async def interrupt_kernel(self:RemoteKernelManager):
