@@ -265,9 +265,13 @@ async def test_astop_leaves_no_task(connect):
 @pytest.mark.timeout(30)
 async def test_timeouts_on_a_busy_kernel(connect, gate, caplog):
     "50 requests with timeout=0.05 behind a busy cell raise TimeoutError; their late replies are dropped quietly"
-    caplog.set_level(logging.DEBUG, logger='conkernelclient.core')
     kc = await connect()
+    # the module's kernel is serial and shared: once this reply is in, nothing an earlier test or the handshake
+    # left in its queue can still answer (a handshake try that timed out under load is abandoned too)
+    await ask(kc, 'None')
+    caplog.set_level(logging.DEBUG, logger='conkernelclient.core')
     rt = kc.shell_channel.router
+    assert not rt.abandoned
     busy = kc.execute(gate.code, reply=True, timeout=None)
     futs = [ask(kc, f'{i}', timeout=0.05) for i in range(50)]
     res = await asyncio.gather(*futs, return_exceptions=True)
