@@ -10,6 +10,7 @@ import asyncio, contextvars, itertools, logging, math, time, weakref
 from collections import deque
 from datetime import datetime
 from hmac import compare_digest
+from functools import partial
 from typing import Awaitable, Callable, Iterable, Iterator
 from queue import Empty
 
@@ -22,15 +23,16 @@ from jupyter_client.ioloop import AsyncIOLoopKernelManager
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.jsonutil import ISO8601_PAT, extract_dates, parse_date
 from jupyter_client.session import DELIM, Session, msg_header, new_id, protocol_version
-from traitlets import DottedObjectName, Float, Integer, Type, default, observe, validate
+from traitlets import Bool, DottedObjectName, Float, Integer, Type, default, observe, validate
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['ConKernelError', 'KernelDiedError', 'ChannelsClosedError', 'KernelRestartedError', 'SubshellsUnsupportedError',
-           'WrongLoopError', 'KeyMismatchError', 'ConSession', 'SignatureError', 'Inbox', 'Router', 'ReplyFuture',
-           'Follower', 'is_idle', 'RoutedChannel', 'unbounded_context', 'ConKernelClient', 'ConKernelManager',
-           'restart_clients', 'ConIOLoopKernelManager']
+           'WrongLoopError', 'KeyMismatchError', 'CancelError', 'NotCancellableError', 'InterruptScopeError',
+           'InterruptUnsupportedError', 'ConSession', 'SignatureError', 'Inbox', 'Router', 'ReplyFuture', 'Follower',
+           'is_idle', 'RoutedChannel', 'unbounded_context', 'ConKernelClient', 'ConKernelManager', 'restart_clients',
+           'ConIOLoopKernelManager']
 
 # %% ../nbs/00_core.ipynb #b5e7e8a1
 class ConKernelError(Exception):
@@ -59,6 +61,19 @@ class WrongLoopError(ConKernelError):
 # %% ../nbs/00_core.ipynb #0a387339
 class KeyMismatchError(ConKernelError):
     "The kernel signs its messages with another key (or signature scheme), so it ignores every request of this client"
+
+# %% ../nbs/00_core.ipynb #8a1ea27c
+class CancelError(ConKernelError):
+    "A request could not be cancelled; it goes on as if `cancel` had not been called"
+
+class NotCancellableError(CancelError):
+    "The request was sent without `cancellable=True`, so it may be queued in the kernel behind others: nothing can stop it alone"
+
+class InterruptScopeError(CancelError):
+    "The kernel's interrupt would miss the request (ipykernel's subshells) or also stop other requests of the client"
+
+class InterruptUnsupportedError(CancelError):
+    "There is no way to interrupt the kernel: it has no manager here and does not answer `interrupt_request`"
 
 # %% ../nbs/00_core.ipynb #8d871267
 class ConSession(Session):
@@ -293,9 +308,10 @@ def _sweep(self:Router):
 # %% ../nbs/00_core.ipynb #fa93b477
 @patch
 def _settle(self:Router, fut:ReplyFuture):
-    "Done-callback of every request future: pop its entry, and remember it if it gave up"
-    if self.pending.pop(fut.msg_id, None) is None or self.closed: return
-    self.abandon(fut.msg_id)
+    "Done-callback of every request future: pop its entry (unless a reply or `cancel` took it), and remember it if it gave up"
+    if self.pending.get(fut.msg_id) is not fut: return
+    del self.pending[fut.msg_id]
+    if not self.closed: self.abandon(fut.msg_id)
 
 # %% ../nbs/00_core.ipynb #10f29f87
 @patch
@@ -402,6 +418,8 @@ class RoutedChannel(AsyncZMQSocketChannel):
         self.unanswered:dict[str,str|None] = {}
         self.open:dict[str|None,int] = {}
         self.backlog:dict[str|None,deque] = {}
+        self.holds:dict[str,_Hold] = {} # the cancellable requests not yet ended, by msg_id
+        self.sealed:dict[str|None,_Hold] = {} # the cancellable request in the kernel, by shell: nothing else goes there
         self.forged:SignatureError|None = None # the last message skipped because its signature is not ours
 
 # %% ../nbs/00_core.ipynb #ac447543
@@ -470,7 +488,7 @@ def _route(self:RoutedChannel, parts:list[bytes]):
         log.warning("skipped an unreadable message: %r", e)
         return
     if msg is None: return self.inbox.put_frames(mid, frames)
-    if self.window is not None: self._answered(mid)
+    self._answered(mid)
     self.router.deliver(msg)
 
 # %% ../nbs/00_core.ipynb #0af9930a
@@ -490,13 +508,20 @@ def check_loop(self:RoutedChannel):
 # %% ../nbs/00_core.ipynb #55b18e66
 @patch
 def send(self:RoutedChannel, msg:dict):
-    "Send `msg`, or queue it behind earlier requests if its shell or subshell already has `window` unanswered"
+    "Send `msg`, or queue it behind earlier requests if its shell or subshell has no room for it (`_room`)"
     if self.router.closed: raise self.router.closed
     self.check_loop()
-    if self.window is None: return self._transmit(msg)
     key = msg['header'].get('subshell_id')
-    if self.backlog.get(key) or self.open.get(key, 0) >= self.window: self.backlog.setdefault(key, deque()).append(self._queued(msg))
+    if self.backlog.get(key) or not self._room(key, msg['header']['msg_id']):
+        self.backlog.setdefault(key, deque()).append(self._queued(msg))
     else: self._send_counted(msg, key)
+
+@patch
+def _room(self:RoutedChannel, key:str|None, mid:str) -> bool:
+    "May request `mid` go to shell `key` now? Never while a hold keeps it; a held request only once nothing is unanswered there"
+    if key in self.sealed: return False
+    if mid in self.holds: return not self.open.get(key)
+    return self.window is None or self.open.get(key, 0) < self.window
 
 # %% ../nbs/00_core.ipynb #5121b86b
 class _Queued:
@@ -522,6 +547,10 @@ def _unqueued(self:RoutedChannel, item:_Queued|dict, key:str|None) -> dict:
     if key is not None: header['subshell_id'] = key
     return dict(header=header, msg_id=item.msg_id, msg_type=item.msg_type, parent_header={}, metadata={}, content=item.content)
 
+def _mid_of(item:_Queued|dict) -> str:
+    "The msg_id of backlog item `item`"
+    return item['header']['msg_id'] if isinstance(item, dict) else item.msg_id
+
 # %% ../nbs/00_core.ipynb #01a587a0
 @patch
 def _transmit(self:RoutedChannel, msg:dict):
@@ -531,9 +560,12 @@ def _transmit(self:RoutedChannel, msg:dict):
 # %% ../nbs/00_core.ipynb #66538cd2
 @patch
 def _send_counted(self:RoutedChannel, msg:dict, key:str|None):
-    "Send `msg` as one of the unanswered requests of shell `key`"
-    self.unanswered[msg['header']['msg_id']] = key
-    self.open[key] = self.open.get(key, 0) + 1
+    "Send `msg`, counted as one of the unanswered requests of shell `key` if a reply will come; a held request seals the shell"
+    h = msg['header']
+    if h['msg_type'].endswith('_request'): # a comm message or an input_reply gets no reply to free its slot
+        self.unanswered[h['msg_id']] = key
+        self.open[key] = self.open.get(key, 0) + 1
+        if (held := self.holds.get(h['msg_id'])) is not None: held.key, self.sealed[key] = key, held
     self._transmit(msg)
 
 # %% ../nbs/00_core.ipynb #3252b74b
@@ -543,12 +575,88 @@ def _answered(self:RoutedChannel, mid:str):
     if mid not in self.unanswered: return
     key = self.unanswered.pop(mid)
     self.open[key] -= 1
+    h = self.sealed.get(key)
+    if h is None or h.mid != mid: return self._pump(key)
+    h.replied = True
+    self._ended(h)
+
+@patch
+def _pump(self:RoutedChannel, key:str|None):
+    "Send what waits in shell `key`'s backlog, in order, while there is room; drop what was given up while it waited"
     waiting = self.backlog.get(key)
-    while waiting and self.open[key] < self.window:
-        item = waiting.popleft()
-        mid = item['header']['msg_id'] if isinstance(item, dict) else item.msg_id
-        if mid in self.router.abandoned: del self.router.abandoned[mid]
-        else: self._send_counted(self._unqueued(item, key), key)
+    while waiting:
+        mid = _mid_of(waiting[0])
+        if mid in self.router.abandoned:
+            waiting.popleft()
+            del self.router.abandoned[mid]
+            self._unhold(mid)
+        elif self._room(key, mid): self._send_counted(self._unqueued(waiting.popleft(), key), key)
+        else: return
+
+@patch
+def waiting(self:RoutedChannel, mid:str) -> bool:
+    "Is request `mid` in the backlog, not sent yet?"
+    return any(_mid_of(item) == mid for q in self.backlog.values() for item in q)
+
+# %% ../nbs/00_core.ipynb #119d49ce
+class _Hold:
+    "A cancellable request: alone on its shell in the kernel, which it keeps until its reply and its `idle` came"
+    __slots__ = ('mid', 'key', 'channel', 'inbox', 'on_pub', 'follower', 'started', 'replied', 'idle', 'stopping', 'wake')
+    def __init__(self, mid:str, channel:RoutedChannel, inbox:Inbox):
+        self.mid,self.channel,self.inbox = mid,channel,inbox
+        self.key:str|None = None # its shell, once sent
+        self.on_pub:Callable[[dict],object]|None = None # who reads its iopub messages; None: the iopub inbox
+        self.follower:Follower|None = None
+        self.started = self.replied = self.idle = False # its `execute_input` (the code runs), reply, `idle` came?
+        self.stopping:asyncio.Future|None = None # while `cancel` interrupts it: the outcome
+        self.wake:asyncio.Future|None = None # resolved at its next iopub message, for `until`
+
+    def __call__(self, msg:dict) -> bool:
+        "Follower of the request's iopub messages: hand `msg` on, and note the `execute_input` and `idle` of the request"
+        if self.on_pub is None: self.inbox.put(msg)
+        else: self.on_pub(msg)
+        if msg['msg_type'] == 'execute_input': self.started = True
+        elif is_idle(msg):
+            self.idle = True
+            self.channel._ended(self)
+        if self.wake is not None and not self.wake.done(): self.wake.set_result(None)
+        return self.idle
+
+    async def until(self, cond:Callable[[],bool], reply:asyncio.Future, deadline:float) -> bool:
+        "Wait until `cond()` holds or `reply` is done, at most until loop time `deadline`: did either happen?"
+        loop = asyncio.get_running_loop()
+        while not (cond() or reply.done()):
+            if (left := deadline - loop.time()) <= 0: return False
+            self.wake = loop.create_future()
+            await asyncio.wait([self.wake, reply], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        return True
+
+@patch
+def hold(self:RoutedChannel, mid:str, iopub:RoutedChannel) -> _Hold:
+    "Make request `mid`, not sent yet, cancellable: alone on its shell, whose backlog waits until it has ended"
+    h = self.holds[mid] = _Hold(mid, self, iopub.inbox)
+    h.follower = iopub.router.follow(mid, h)
+    h.follower.add_done_callback(_retrieved) # a client that closes fails it: the request's caller hears of that
+    return h
+
+@patch
+def _ended(self:RoutedChannel, h:_Hold):
+    "Release held request `h`'s shell once the kernel is done with it (reply and `idle` came, no interrupt under way)"
+    if not (h.replied and h.idle) or h.stopping is not None: return
+    del self.holds[h.mid]
+    if self.sealed.get(h.key) is h: del self.sealed[h.key]
+    self._pump(h.key)
+
+@patch
+def _lost(self:RoutedChannel, mid:str):
+    "Request `mid`'s reply and `idle` will never come (a transport lost them): free its window slot, and its shell if it held it"
+    if (h := self.holds.get(mid)) is not None: h.idle = True
+    self._answered(mid)
+
+@patch
+def _unhold(self:RoutedChannel, mid:str):
+    "Drop the hold of request `mid`, which will never be sent"
+    if (h := self.holds.pop(mid, None)) is not None: h.follower.cancel()
 
 # %% ../nbs/00_core.ipynb #e8f4b8b7
 @patch
@@ -556,7 +664,8 @@ def forget(self:RoutedChannel, exc:ConKernelError):
     "The kernel is gone but the channel stays: fail what is in flight with `exc`, abandon it, empty the window and backlog"
     for mid in self.router.pending: self.router.abandon(mid)
     self.router.fail(exc)
-    self.unanswered.clear(); self.open.clear(); self.backlog.clear()
+    for h in self.holds.values(): h.follower.cancel()
+    self.unanswered.clear(); self.open.clear(); self.backlog.clear(); self.holds.clear(); self.sealed.clear()
 
 # %% ../nbs/00_core.ipynb #09d3aedc
 def _cancel(task:asyncio.Task|None):
@@ -641,6 +750,8 @@ class ConKernelClient(AsyncKernelClient):
     startup_timeout = Float(60, config=True, help="Seconds `start_channels` waits for the kernel to answer")
     window = Integer(500, allow_none=True, config=True,
                      help="Requests sent to each shell or subshell and not yet answered; more wait, in order, in the client")
+    cancellable = Bool(False, config=True, help="Send execute requests cancellable unless told otherwise: each alone on "
+                       "its shell in the kernel, so `cancel` stops it and nothing else, at a round trip per request")
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -650,6 +761,7 @@ class ConKernelClient(AsyncKernelClient):
         self.stdin_turns:deque = deque()
         self._starting:asyncio.Task|None = None
         self._liveness:asyncio.Task|None = None
+        self._stopping:set[asyncio.Task] = set() # `cancel`s started by a timeout (on_timeout='interrupt')
 
     def _context_default(self) -> zmq.asyncio.Context:
         self._created_context = True
@@ -737,9 +849,10 @@ def stop_channels(self:ConKernelClient):
 
 @patch(as_prop=True)
 def _tasks(self:ConKernelClient) -> list[asyncio.Task]:
-    "The client's tasks not yet done: readers of the channels it made, the start-up, the liveness check"
+    "The client's tasks not yet done: readers of the channels it made, the start-up, the liveness check, timeouts' cancels"
     made = (getattr(self, f'_{n}_channel') for n in ('shell', 'control', 'iopub', 'stdin'))
-    return [t for t in (*(ch.reader for ch in made if ch is not None), self._starting, self._liveness) if t is not None and not t.done()]
+    tasks = (*(ch.reader for ch in made if ch is not None), self._starting, self._liveness, *self._stopping)
+    return [t for t in tasks if t is not None and not t.done()]
 
 def _end_idle(tasks:list[asyncio.Task]):
     "Let cancelled `tasks` end on their loop if it is idle (the client was stopped from synchronous code), so none is left pending"
@@ -894,6 +1007,21 @@ def _execute_msg(self:ConKernelClient, code:str, subshell_id:str|None=None, sile
     if subshell_id is not None: msg['header']['subshell_id'] = subshell_id
     return msg
 
+# %% ../nbs/00_core.ipynb #e7305af8
+@patch
+def _cancellable(self:ConKernelClient, cancellable:bool|None, on_timeout:str) -> bool:
+    "Is a request sent with `cancellable` and `on_timeout` cancellable? Raise `ValueError` if they disagree"
+    if on_timeout not in ('abandon', 'interrupt'): raise ValueError(f"on_timeout must be 'abandon' or 'interrupt', not {on_timeout!r}")
+    if on_timeout == 'abandon': return self.cancellable if cancellable is None else cancellable
+    if cancellable is False: raise ValueError("on_timeout='interrupt' interrupts the request, so it must be cancellable")
+    return True
+
+@patch
+def _hold_if(self:ConKernelClient, msg:dict, cancellable:bool):
+    "Make request `msg`, about to be sent, cancellable if asked"
+    self.shell_channel.check_loop()
+    if cancellable: self.shell_channel.hold(msg['header']['msg_id'], self.iopub_channel)
+
 # %% ../nbs/00_core.ipynb #0a586bb8
 @patch
 def execute(self:ConKernelClient, code:str,
@@ -904,13 +1032,20 @@ def execute(self:ConKernelClient, code:str,
             user_expressions:dict|None=None, # expressions to evaluate after the code, returned in the reply
             allow_stdin:bool|None=None, # may the code call `input()`? None: the client's `allow_stdin`
             silent:bool=False, # run quietly: no output, no history
-            store_history:bool=True): # add the code to the kernel's history
+            store_history:bool=True, # add the code to the kernel's history
+            cancellable:bool|None=None, # alone on its shell in the kernel, so `cancel` can stop it; None: `self.cancellable`
+            on_timeout:str='abandon'): # with `reply`: 'interrupt' also stops the kernel's work at the timeout
     "Send an `execute_request`; return its msg_id, or with `reply=True` an awaitable of its `execute_reply`"
     msg = self._execute_msg(code, subshell_id, silent=silent, store_history=store_history,
                             user_expressions=user_expressions, allow_stdin=allow_stdin, stop_on_error=stop_on_error)
-    if reply: return self._request(self.shell_channel, msg, timeout)
-    self.shell_channel.send(msg)
-    return msg['header']['msg_id']
+    if on_timeout != 'abandon' and not reply: raise ValueError("on_timeout needs reply=True: without it there is no timeout")
+    self._hold_if(msg, self._cancellable(cancellable, on_timeout))
+    if not reply:
+        self.shell_channel.send(msg)
+        return msg['header']['msg_id']
+    fut = self._request(self.shell_channel, msg, timeout)
+    if on_timeout == 'interrupt': fut.add_done_callback(self._stop_on_timeout)
+    return fut
 
 # %% ../nbs/00_core.ipynb #c2c89170
 @patch(as_prop=True)
@@ -925,6 +1060,133 @@ def _require_subshells(self:ConKernelClient):
     why = ("no kernel_info_reply yet: await kc.start_channels() first" if self.kernel_info_reply is None
            else "its kernel_info_reply does not list 'kernel subshells' in supported_features")
     raise SubshellsUnsupportedError(f"this kernel cannot run subshells ({why}); leave subshell_id=None for the main shell")
+
+# %% ../nbs/00_core.ipynb #d36e2306
+@patch
+def _stop_on_timeout(self:ConKernelClient, fut:asyncio.Future):
+    "Done-callback of a request sent with on_timeout='interrupt': once it timed out, cancel it in the kernel too"
+    if fut.cancelled() or not isinstance(fut.exception(), TimeoutError): return
+    task = asyncio.ensure_future(self.cancel(fut.msg_id))
+    self._stopping.add(task)
+    task.add_done_callback(partial(self._stopped_on_timeout, fut.msg_id))
+
+@patch
+def _stopped_on_timeout(self:ConKernelClient, mid:str, task:asyncio.Task):
+    "Log how a timeout's `cancel` of request `mid` ended"
+    self._stopping.discard(task)
+    if task.cancelled(): return
+    if (e := task.exception()) is None: log.debug("request %s timed out: %s", mid, task.result())
+    elif isinstance(e, ConKernelError): log.warning("request %s timed out and could not be stopped: %s", mid, e)
+    else: log.error("request %s timed out and stopping it failed", mid, exc_info=e)
+
+# %% ../nbs/00_core.ipynb #7ca5ae2e
+_INTERRUPTED = ('KeyboardInterrupt', 'KernelInterrupt', 'CancelledError') # enames of a request stopped by an interrupt
+
+@patch
+async def cancel(self:ConKernelClient, msg_id:str,
+                 timeout:float=10 # seconds for the request to stop once interrupted, else `TimeoutError`
+                ) -> str:
+    "Stop request `msg_id`: 'withdrawn' (never sent, never will be), 'interrupted' (the kernel stopped it) or 'finished'"
+    ch = self.shell_channel
+    ch.check_loop()
+    fut = ch.router.pending.get(msg_id)
+    if msg_id not in ch.unanswered:
+        if fut is not None: fut.cancel() # in the backlog, or waiting for its stdin turn
+        elif ch.waiting(msg_id): ch.router.abandon(msg_id)
+        else: return 'finished'
+        return 'withdrawn'
+    h = ch.holds.get(msg_id)
+    if h is None: raise NotCancellableError(
+        f"request {msg_id} was sent without cancellable=True, so it may be queued in the kernel behind other requests, "
+        "where no interrupt can stop it alone; send it with cancellable=True (or set kc.cancellable) to cancel it")
+    if h.stopping is not None: return await asyncio.shield(h.stopping)
+    if h.replied: return 'finished'
+    self._check_scope(h)
+    h.stopping = asyncio.get_running_loop().create_future()
+    try: outcome = await self._stop(h, timeout)
+    except asyncio.CancelledError:
+        h.stopping.cancel()
+        raise
+    except BaseException as e:
+        h.stopping.set_exception(e)
+        raise
+    else: h.stopping.set_result(outcome)
+    finally:
+        stopping, h.stopping = h.stopping, None
+        if not stopping.cancelled(): stopping.exception() # retrieved: a second `cancel` may not be waiting
+        ch._ended(h)
+    return outcome
+
+# %% ../nbs/00_core.ipynb #e3a70160
+@patch(as_prop=True)
+def _interrupts_every_shell(self:ConKernelClient) -> bool:
+    "Does an interrupt stop what runs on every shell? ipykernel's reaches only the main shell; others are taken to reach all"
+    return (self.kernel_info_reply or {}).get('content', {}).get('implementation') != 'ipython'
+
+@patch
+def _check_scope(self:ConKernelClient, h:_Hold):
+    "Raise `InterruptScopeError` unless interrupting the kernel stops held request `h` and no other request of this client"
+    if h.key is not None and not self._interrupts_every_shell:
+        raise InterruptScopeError(f"request {h.mid} runs on subshell {h.key}, and ipykernel's interrupt only reaches the "
+                                  "main shell (subshells are threads, which signals never reach)")
+    if not self._interrupts_every_shell: return
+    others = [m for m, k in self.shell_channel.unanswered.items() if k != h.key]
+    if others: raise InterruptScopeError(f"this kernel's interrupt stops what runs on every shell, so it would also stop "
+                                         f"{len(others)} other request(s) of this client on other shells: {others[:3]}")
+
+# %% ../nbs/00_core.ipynb #1d1b761e
+@patch
+async def _stop(self:ConKernelClient, h:_Hold, timeout:float) -> str:
+    "Interrupt the kernel once held request `h` runs, taking over its reply to tell 'interrupted' from 'finished'"
+    ch, loop = self.shell_channel, asyncio.get_running_loop()
+    rt, deadline = ch.router, loop.time() + timeout
+    caller = rt.pending.get(h.mid) # the caller's future, if one still waits
+    mine = rt.pending[h.mid] = ReplyFuture(loop=loop)
+    mine.msg_id, mine.timeout, mine.deadline = h.mid, None, None
+    try:
+        if not await h.until(lambda: h.started, mine, deadline):
+            raise TimeoutError(f"request {h.mid} did not start within {timeout} s: its shell is busy with other work")
+        if not mine.done():
+            await self._interrupt()
+            if not await h.until(lambda: h.idle, mine, deadline):
+                raise TimeoutError(f"request {h.mid} was interrupted but did not stop within {timeout} s")
+            await h.until(lambda: False, mine, loop.time() + 1) # its reply comes with its `idle`, unless it was lost
+    except BaseException:
+        if rt.pending.get(h.mid) is mine:
+            if caller is not None and not caller.done(): rt.pending[h.mid] = caller
+            else: del rt.pending[h.mid]
+        raise
+    if mine.done(): reply = mine.result()
+    else: # ipykernel sends no reply when the interrupt lands just after the code ended, outside it
+        del rt.pending[h.mid]
+        ch._answered(h.mid)
+        reply = None
+    stopped = reply is None or (reply['content'].get('status') == 'error' and reply['content'].get('ename') in _INTERRUPTED)
+    if caller is None:
+        if h.mid in rt.abandoned: del rt.abandoned[h.mid] # its caller gave up on it: the reply is dropped
+        elif reply is not None: ch.inbox.put(reply) # sent with reply=False: the reply goes where it would have gone
+    elif not caller.done():
+        if stopped: caller.cancel()
+        else: caller.set_result(reply)
+    return 'interrupted' if stopped else 'finished'
+
+# %% ../nbs/00_core.ipynb #b7e97e01
+@patch
+async def _interrupt(self:ConKernelClient, timeout:float=5):
+    "Interrupt the kernel as its kernel spec asks: with its manager's signal, or an `interrupt_request` whose reply is awaited"
+    km = self.parent
+    if km is not None and await _interrupt_mode(km) == 'signal': return await km.interrupt_kernel()
+    try: reply = await self._request(self.control_channel, self.session.msg('interrupt_request'), timeout)
+    except TimeoutError: reply = None
+    if reply is None or reply['content'].get('status') != 'ok':
+        raise InterruptUnsupportedError(
+            f"the kernel did not accept an interrupt_request ({'no reply' if reply is None else reply['content']}); a kernel "
+            "whose spec says interrupt_mode 'signal' is interrupted by its manager: make the client with km.client()")
+
+async def _interrupt_mode(km) -> str:
+    "'signal' or 'message': how the kernel of manager `km` asks to be interrupted, as its kernel spec says"
+    if hasattr(km, 'interrupt_mode'): return await km.interrupt_mode() # a remote kernel's spec is on its server
+    return km.kernel_spec.interrupt_mode
 
 # %% ../nbs/00_core.ipynb #83281c0e
 @patch

@@ -7,6 +7,7 @@ Docs: https://conkernelclient.github.io/conkernelclient/remote.html.md"""
 # %% ../nbs/02_remote.ipynb #beacd455
 from __future__ import annotations
 import asyncio, json, logging, os, socket, struct, subprocess, sys, tempfile, time, weakref
+from functools import partial
 from typing import Callable
 
 from fastcore.basics import patch
@@ -151,6 +152,7 @@ class KernelWebsocket:
         self.task:asyncio.Task|None = None
         self.dropped:asyncio.Future|None = None # resolved when the current connection closes
         self.drops = 0 # failed reconnections in a row
+        self.heard = time.monotonic() # when the last message came
 
     def __repr__(self): return f"KernelWebsocket({self.server.url}, {self.kernel_id})"
 
@@ -221,6 +223,7 @@ async def _run(self:KernelWebsocket):
 @patch
 def _on_message(self:KernelWebsocket, data:str|bytes):
     "Deliver one websocket message to its channel, as the frames a ZMQ socket would have given"
+    self.heard = time.monotonic()
     if self.quickack: _quickack(self.conn)
     try:
         name, frames = v1_unpack(data) if self.protocol == 'v1' else legacy_unpack(data)
@@ -314,6 +317,8 @@ class RemoteKernelClient(ConKernelClient):
                           help="The websocket subprotocol to ask for; None: jupyter's legacy JSON protocol only")
     quickack = Bool(True, config=True, help="Acknowledge each websocket message at once (Linux TCP_QUICKACK); "
                     "False lets a server's Nagle delay each small reply by the client's delayed ACK")
+    poke_after = Float(1.0, allow_none=True, config=True, help="Seconds of silence from the kernel, with requests in "
+                       "flight, after which the liveness check sends it a control kernel_info_request; None: never")
 
     def __init__(self, server:Server, kernel_id:str, **kwargs):
         if 'session' not in kwargs: kwargs['session'] = _keyless_session()
@@ -323,7 +328,7 @@ class RemoteKernelClient(ConKernelClient):
                                   on_lost=self._close, on_status=self._kernel_status, on_reconnect=self._reconnected)
         self._hb = _NoHeartbeat()
         self._restarted:asyncio.Task|None = None # the handshake with a kernel the server restarted
-        self._probes:set[asyncio.Task] = set() # after a reconnection: which requests lost their reply
+        self._asides:set[asyncio.Task] = set() # requests of the client's own: probes after a reconnection, pokes
 
     def __repr__(self): return f"<RemoteKernelClient of kernel {self.kernel_id} on {self.server.url}>"
 
@@ -343,9 +348,34 @@ async def _alive(server:Server, kernel_id:str) -> bool:
 
 @patch
 async def is_alive(self:RemoteKernelClient) -> bool:
-    "Does the server still have the kernel, alive? (an unreachable server leaves it to the websocket's reconnection)"
-    try: return await _alive(self.server, self.kernel_id)
+    "Does the server still have the kernel, alive? (an unreachable server leaves it to the websocket's reconnection) Poke it if silent"
+    try: alive = await _alive(self.server, self.kernel_id)
     except ServerUnreachableError: return True
+    if alive: self._poke()
+    return alive
+
+# %% ../nbs/02_remote.ipynb #5ed2f141
+@patch
+def _poke(self:RemoteKernelClient):
+    "Send the kernel a control kernel_info_request if requests are in flight and it has been silent for `poke_after` s"
+    if self.poke_after is None or not self.in_flight or time.monotonic() - self.ws.heard < self.poke_after: return
+    if self.ws.conn is not None: self._aside(self.control_channel, self.session.msg('kernel_info_request'))
+
+@patch
+def _aside(self:RemoteKernelClient, ch:WebsocketChannel, msg:dict, then:Callable[[],None]|None=None) -> asyncio.Task:
+    "Send `msg` on `ch`, past the window, as a request of the client's own: its iopub messages are nobody's; `then` runs after its reply"
+    mid = msg['header']['msg_id']
+    quiet = self.iopub_channel.router.follow(mid, is_idle)
+    reply = ch.router.expect(mid, None)
+    ch._transmit(msg)
+    async def answered():
+        try: await reply
+        except ConKernelError: return quiet.cancel()
+        if then is not None: then()
+    task = asyncio.ensure_future(answered())
+    self._asides.add(task)
+    task.add_done_callback(self._asides.discard)
+    return task
 
 # %% ../nbs/02_remote.ipynb #314d5872
 @patch
@@ -366,28 +396,24 @@ class ReplyLostError(ConKernelError):
 def _reconnected(self:RemoteKernelClient, unsent:set[str]):
     "After a reconnection: probe each shell that had requests in flight (sent, not in `unsent`) for lost replies"
     for ch in (self.shell_channel, self.control_channel):
-        before = {m: ch.unanswered.get(m) for m in ch.router.pending if m not in unsent and (ch.window is None or m in ch.unanswered)}
-        for key in set(before.values()):
-            task = asyncio.ensure_future(self._probe(ch, key, [m for m, k in before.items() if k == key]))
-            self._probes.add(task)
-            task.add_done_callback(self._probes.discard)
+        before = {m: k for m, k in ch.unanswered.items() if m not in unsent}
+        for key in set(before.values()): self._probe(ch, key, [m for m, k in before.items() if k == key])
 
 @patch
-async def _probe(self:RemoteKernelClient, ch:WebsocketChannel, key:str|None, sent:list[str]):
-    "Send a probe behind `sent` on shell `key` of `ch`; once it is answered, fail those of `sent` still unanswered"
+def _probe(self:RemoteKernelClient, ch:WebsocketChannel, key:str|None, sent:list[str]) -> asyncio.Task:
+    "Send a probe behind `sent` on shell `key` of `ch` (past the window: lost replies may be what fills it)"
     if ch is self.control_channel: msg = self.session.msg('kernel_info_request')
     else: msg = self._execute_msg('', key, silent=False, store_history=False, stop_on_error=False)
-    mid = msg['header']['msg_id']
-    quiet = self.iopub_channel.router.follow(mid, is_idle) # the probe's own iopub messages are nobody's
-    reply = ch.router.expect(mid, None)
-    ch._transmit(msg) # not through the window: lost replies may be what fills it
-    try: await reply
-    except ConKernelError: return
-    finally: quiet.cancel()
+    return self._aside(ch, msg, then=partial(self._replies_lost, ch, sent))
+
+@patch
+def _replies_lost(self:RemoteKernelClient, ch:WebsocketChannel, sent:list[str]):
+    "The probe sent behind `sent` was answered: fail those of `sent` still unanswered with `ReplyLostError`"
     for m in sent:
-        if (fut := ch.router.pending.get(m)) is None: continue
-        ch._answered(m)
-        fut.set_exception(ReplyLostError(f"the websocket dropped while request {m} was in flight, and the server did not replay its reply"))
+        if m not in ch.unanswered: continue # its reply came after all
+        ch._lost(m)
+        if (fut := ch.router.pending.get(m)) is not None:
+            fut.set_exception(ReplyLostError(f"the websocket dropped while request {m} was in flight, and the server did not replay its reply"))
 
 # %% ../nbs/02_remote.ipynb #9cf66227
 @patch
@@ -395,7 +421,7 @@ def _close(self:RemoteKernelClient, exc:ConKernelError):
     "`ConKernelClient._close`, then close the websocket"
     ConKernelClient._close(self, exc)
     self.ws.close()
-    for task in list(self._probes): task.cancel()
+    for task in list(self._asides): task.cancel()
     if self._restarted is not None and self._restarted is not asyncio.current_task(): self._restarted.cancel()
 
 @patch(as_prop=True)
@@ -415,6 +441,7 @@ class RemoteKernelManager(AsyncKernelManager):
                  **kwargs):
         super().__init__(kernel_name=kernel_name, **kwargs)
         self.server, self.kernel_id = Server(url, token, validate_cert), kernel_id
+        self._interrupt_mode:str|None = None # as the kernel's spec on the server says, once asked
         self.clients:weakref.WeakSet[RemoteKernelClient] = weakref.WeakSet()
 
     def __repr__(self): return f"<RemoteKernelManager of kernel {self.kernel_id} on {self.server.url}>"
@@ -441,6 +468,15 @@ async def is_alive(self:RemoteKernelManager) -> bool:
 async def interrupt_kernel(self:RemoteKernelManager):
     "Interrupt the kernel, as its kernel spec says (the server decides: signal or message)"
     await call(self.server, self._path('/interrupt'), 'POST', what=f'kernel {self.kernel_id}')
+
+@patch
+async def interrupt_mode(self:RemoteKernelManager) -> str:
+    "How the kernel asks to be interrupted, as its kernel spec on the server says: 'signal' or 'message'"
+    if self._interrupt_mode is None:
+        name = (await call(self.server, self._path(), what=f'kernel {self.kernel_id}'))['name']
+        spec = await call(self.server, f'/api/kernelspecs/{name}', what=f'kernel spec {name!r}')
+        self._interrupt_mode = spec['spec'].get('interrupt_mode', 'signal')
+    return self._interrupt_mode
 
 @patch
 async def restart_kernel(self:RemoteKernelManager, now:bool=False, newports:bool=False, **kw):

@@ -108,8 +108,10 @@ class Run:
                  msg:dict, # the `execute_request`, not yet sent
                  timeout:float|None=60, # seconds from now for the reply to come; None waits forever
                  input:InputHandler|None=None, # answers the code's `input()`: `input(prompt, password)`, sync or async
-                 idle_grace:float=2): # seconds of quiet after the reply before a missing `idle` is given up
+                 idle_grace:float=2, # seconds of quiet after the reply before a missing `idle` is given up
+                 cancellable:bool=False): # alone on its shell in the kernel, so `kc.cancel` can stop it
         self.kc,self.msg,self.timeout,self.input,self.idle_grace = kc,msg,timeout,input,idle_grace
+        self.cancellable = cancellable
         self.msg_id:str = msg['header']['msg_id']
         self._loop = asyncio.get_running_loop()
         self.deadline:float|None = None if timeout is None else self._loop.time() + timeout
@@ -122,7 +124,7 @@ class Run:
         self._done.add_done_callback(self._close)
         self._arrived = asyncio.Event() # set at each message and at the end, for iterators
         self._reply_fut:ReplyFuture|None = None
-        self._followers:list[Follower] = [] # of this request's iopub and stdin messages, cancelled at the end
+        self._followers:list[Follower] = [] # of this request's iopub (unless held) and stdin messages, cancelled at the end
         self._quiet:asyncio.TimerHandle|None = None # after the reply: when to give up waiting for `idle`
         self._asked:dict[str,dict] = {} # input_requests not answered yet, by msg_id
         self._answer_tasks:set[asyncio.Task] = set() # tasks running the input handler
@@ -137,14 +139,26 @@ def _start(self:Run):
     try:
         self._reply_fut = kc.shell_channel.router.expect(self.msg_id, self.timeout)
         self._reply_fut.add_done_callback(self._on_reply)
-        for ch,on_msg in ((kc.iopub_channel, self._on_pub), (kc.stdin_channel, self._on_stdin)):
-            self._followers.append(ch.router.follow(self.msg_id, on_msg))
-            self._followers[-1].add_done_callback(self._on_follower_end)
+        self._follow_pubs().add_done_callback(self._on_follower_end)
+        self._followers.append(kc.stdin_channel.router.follow(self.msg_id, self._on_stdin))
+        self._followers[-1].add_done_callback(self._on_follower_end)
         if self.input is None: self._send()
         else: self._take_turn()
     except BaseException:
         self.cancel()
         raise
+
+# %% ../nbs/01_requests.ipynb #3bc9b1f2
+@patch
+def _follow_pubs(self:Run) -> Follower:
+    "Follow the request's iopub messages: directly, or through its hold if it is cancellable (the hold outlives the run)"
+    kc = self.kc
+    if not self.cancellable:
+        self._followers.append(kc.iopub_channel.router.follow(self.msg_id, self._on_pub))
+        return self._followers[-1]
+    h = kc.shell_channel.hold(self.msg_id, kc.iopub_channel)
+    h.on_pub = self._on_pub
+    return h.follower
 
 # %% ../nbs/01_requests.ipynb #414a6604
 @patch
@@ -304,6 +318,9 @@ def _close(self:Run, _=None):
     for task in list(self._answer_tasks): task.cancel()
     for req in list(self._asked.values()): self._send_input(req, EOF)
     self._release_turn()
+    if (h := self.kc.shell_channel.holds.get(self.msg_id)) is not None:
+        h.on_pub = None # the hold follows the request on to its `idle`; what comes now goes to the inbox
+        if not self.sent: self.kc.shell_channel._unhold(self.msg_id)
     self._arrived.set()
 
 # %% ../nbs/01_requests.ipynb #4004bbdb
@@ -314,7 +331,7 @@ def done(self:Run) -> bool:
 
 @patch
 def cancel(self:Run) -> bool:
-    "Stop following the request (the kernel is not interrupted); awaiting the run then raises `CancelledError`"
+    "Stop following the request, which the kernel goes on running (`kc.cancel` stops it); awaiting the run raises `CancelledError`"
     if not self._done.cancel(): return False
     self._close()
     return True
@@ -354,16 +371,20 @@ def run(self:ConKernelClient, code:str,
         subshell_id:str|None=None, # run on this subshell (JEP 91) instead of the main shell
         input:InputHandler|None=None, # answers the code's `input()`/`getpass()`: `input(prompt, password)`, sync or async
         idle_grace:float=2, # seconds of quiet after the reply before a missing `idle` status is given up
+        cancellable:bool|None=None, # alone on its shell in the kernel, so `kc.cancel` can stop it; None: `kc.cancellable`
+        on_timeout:str='abandon', # 'interrupt': at the timeout, also stop the kernel's work (see `kc.cancel`)
         **execute_kw) -> Run: # `silent`, `store_history`, `user_expressions`, `stop_on_error`, as for `execute`
     "Send `code` now and return its `Run`: await it for reply and outputs, or `async for` its iopub messages"
     if bad := sorted(set(execute_kw) - set(_EXECUTE_KW)):
         raise TypeError(f"run() got unexpected keyword arguments {bad}; stdin is allowed exactly when `input` is given")
     if input is not None and not callable(input): raise TypeError("input must be a callable (prompt, password) -> str")
     if idle_grace < 0: raise ValueError(f"idle_grace must be >= 0, not {idle_grace}")
+    held = self._cancellable(cancellable, on_timeout)
     msg = self._execute_msg(code, subshell_id, allow_stdin=input is not None, **execute_kw)
     self.shell_channel.check_loop()
-    run = Run(self, msg, timeout, input, idle_grace)
+    run = Run(self, msg, timeout, input, idle_grace, held)
     run._start()
+    if on_timeout == 'interrupt': run._reply_fut.add_done_callback(self._stop_on_timeout)
     return run
 
 # %% ../nbs/01_requests.ipynb #27bd497c
@@ -372,11 +393,14 @@ class Interactive(Run):
     def __init__(self, kc:ConKernelClient, msg:dict, timeout:float|None,
                  output_hook:Callable[[dict],None], # called with each iopub message of the request
                  stdin_hook:Callable[[dict],object]): # called with each input_request; answers through `kc.input`
-        super().__init__(kc, msg, timeout)
+        super().__init__(kc, msg, timeout, cancellable=kc.cancellable)
         self.output_hook,self.stdin_hook = output_hook,stdin_hook
 
     def _on_pub(self, msg:dict) -> bool:
-        self.output_hook(msg) # a hook that raises fails the follower, and so the run
+        try: self.output_hook(msg)
+        except Exception as e: # a hook that raises ends the run with its error
+            self._finish(e)
+            return True
         return super()._on_pub(msg)
 
     def _on_stdin(self, msg:dict):

@@ -70,6 +70,7 @@ class StubKernel:
         self.burst, self.running = burst, True
         self.execution_count, self.sent = 0, 0
         self.held:list[tuple]|None = None # (socket, identities, header frame, code) of each withheld execute request
+        self.stalled = False # not reading shell until a control request comes?
         self.ctx = zmq.Context()
         url = _url(connection)
         self.shell, self.control, self.stdin = (_bind(self.ctx, zmq.ROUTER, url(connection[f'{name}_port']))
@@ -155,6 +156,7 @@ def _on_execute(self:StubKernel, sock:zmq.Socket, idents:list[bytes], header:byt
         for args in held: self._execute(*args)
     self._execute(sock, idents, header, code)
     if code == '%stub hold': self.held = []
+    if code == '%stub stall': self.stalled = True
 
 # %% ../nbs/06_stubkernel.ipynb #7741d691
 @patch
@@ -187,7 +189,9 @@ def serve(self:StubKernel):
                 try: parts = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again: break
                 self._handle(sock, parts)
-                if not self.running: break
+                if sock is self.control: self.stalled = False
+                if not self.running or self.stalled: break
+        poller.register(self.shell, 0 if self.stalled else zmq.POLLIN) # flags 0: not polled
     self.close()
 
 # %% ../nbs/06_stubkernel.ipynb #536e656d

@@ -256,6 +256,37 @@ async def test_interrupt_through_the_manager(remote):
     check(await after, after, 42)
 
 
+@pytest.mark.parametrize('kernel', ['python3', 'async'])
+async def test_cancel_one_request(remote, kernel):
+    """kc.cancel and on_timeout='interrupt' on a remote kernel: ipykernel by the server's signal (REST), async-kernel by
+    an interrupt_request over the websocket; the requests behind it all run, a withdrawn one never does"""
+    km = await remote.kernel(kernel_name=kernel)
+    kc = await remote.client(km)
+    assert await km.interrupt_mode() == ('signal' if kernel == 'python3' else 'message')
+    looping = kc.run('while True: pass', timeout=None, cancellable=True)
+    queued = [ask(kc, f'{i}*{i}') for i in range(3)]
+    withdrawn = kc.run('side_effect = 1', cancellable=True)
+    assert await kc.cancel(withdrawn.msg_id) == 'withdrawn'
+    assert await kc.cancel(looping.msg_id) == 'interrupted'
+    for i, fut in enumerate(queued): check(await fut, fut, i * i)
+    deadline = kc.run('while True: pass', timeout=1, on_timeout='interrupt')
+    queued = [ask(kc, f'{i}') for i in range(5)]
+    with pytest.raises(TimeoutError): await deadline
+    for i, fut in enumerate(queued): check(await fut, fut, i)
+    fut = ask(kc, "'side_effect' in globals()")
+    check(await fut, fut, False)
+
+
+async def test_a_stalled_kernel_is_poked(remote):
+    """A kernel that reads no shell request until a control request comes (the stub imitating async-kernel 0.23.1's
+    stall) answers all the same: the client pokes a silent kernel while requests are in flight"""
+    km = await remote.kernel(kernel_name='stub')
+    kc = await remote.client(km)
+    await kc.execute('%stub stall', reply=True)
+    r = await kc.execute('after the stall', reply=True, timeout=30)
+    assert r['content']['user_expressions']['echo']['data']['text/plain'] == 'after the stall'
+
+
 async def test_a_restart_through_the_manager(remote):
     "km.restart_kernel(): requests in flight fail with KernelRestartedError, then the same client runs code"
     km = await remote.kernel()

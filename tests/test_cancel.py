@@ -1,0 +1,78 @@
+"""Cancelling one request on real kernels: a soak of 200 cancellable requests on ipykernel and on async-kernel, in
+which random requests are cancelled at random moments (every request not cancelled gets its own value; every
+cancelled one either never ran or was interrupted), and a client with no manager, which interrupts ipykernel
+with an `interrupt_request`. The state-by-state cases are in nbs/01_requests.ipynb; remote kernels in
+test_remote.py."""
+from __future__ import annotations
+import asyncio, random
+
+import pytest
+
+import conkernelclient.requests # noqa: F401 (kc.run)
+from kit import ask, check
+
+pytestmark = pytest.mark.timeout(300)
+
+# each request notes that it started and that it finished, in between waiting a little: interruptibly on ipykernel
+# (a blocking sleep: its top-level `await` is not interruptible), and on async-kernel (whose interrupt stops an await
+# at once, blocking code only after a second)
+SLEEP = {'python3': 'time.sleep({d})', 'async': 'await asyncio.sleep({d})'}
+
+
+async def values(kc, *names:str) -> list:
+    "The values of `names` in the kernel"
+    r = await kc.execute('', reply=True, user_expressions={n: n for n in names})
+    return [eval(r['content']['user_expressions'][n]['data']['text/plain']) for n in names]
+
+
+@pytest.mark.parametrize('kernel', ['python3', 'async'])
+async def test_soak_random_cancels(kernels, kernel):
+    "200 cancellable runs, 40 cancels at random moments: each cancelled one never ran, or ran and was stopped"
+    km = await kernels.start(kernel_name=kernel)
+    kc = await kernels.client(km, cancellable=True)
+    await kc.run('import asyncio, time; started, finished = set(), set()')
+    rng = random.Random(10)
+    code = 'started.add({i}); ' + SLEEP[kernel] + '; finished.add({i}); {i}*{i}'
+    runs = [kc.run(code.format(i=i, d=rng.choice([0, 0, 0.01, 0.05])), timeout=None) for i in range(200)]
+    index = {r.msg_id: i for i, r in enumerate(runs)}
+    outcomes = {}
+
+    async def canceller():
+        for _ in range(20):
+            await asyncio.sleep(rng.uniform(0, 0.1)) # a random moment, not a synchronisation
+            running = kc.shell_channel.sealed.get(None) # half the time the request running now, else any not done
+            left = [r.msg_id for r in runs if not r.done() and index[r.msg_id] not in outcomes]
+            if not left: return
+            mid = running.mid if running is not None and rng.random() < 0.5 else rng.choice(left)
+            if index[mid] in outcomes: continue
+            outcomes[index[mid]] = None
+            outcomes[index[mid]] = await kc.cancel(mid)
+
+    await asyncio.gather(canceller(), canceller())
+    results = await asyncio.gather(*runs, return_exceptions=True)
+    started, finished = map(set, await values(kc, 'started', 'finished'))
+    for i, res in enumerate(results):
+        how = outcomes.get(i)
+        if how in (None, 'finished'): assert res.outputs[-1]['data']['text/plain'] == str(i * i), (i, how, res)
+        else: assert isinstance(res, asyncio.CancelledError), (i, how, res)
+        if how == 'withdrawn': assert i not in started, i
+        if how == 'interrupted': assert i in started, i
+    counts = {how: list(outcomes.values()).count(how) for how in ('withdrawn', 'interrupted', 'finished')}
+    assert counts['withdrawn'] and counts['interrupted'], counts
+    # the kernel is free, and nothing of the cancels is left in the client (a request not cancellable goes out once
+    # the last cancellable one has ended, its `idle` included)
+    kc.cancellable = False
+    fut = ask(kc, '6*7')
+    check(await fut, fut, 42)
+    assert (kc.shell_channel.holds, kc.shell_channel.sealed, kc.in_flight, kc._stopping) == ({}, {}, 0, set())
+
+
+async def test_client_without_manager(kernels):
+    "A client that knows only the connection file interrupts ipykernel with an interrupt_request"
+    km = await kernels.start()
+    kc = await kernels.attach(km)
+    assert kc.parent is None
+    looping = kc.run('while True: pass', timeout=None, cancellable=True)
+    queued = [ask(kc, f'{i}') for i in range(3)]
+    assert await kc.cancel(looping.msg_id) == 'interrupted'
+    for i, fut in enumerate(queued): check(await fut, fut, i)
