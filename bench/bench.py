@@ -24,6 +24,7 @@ is, with batches up to 1,000 (ipykernel deadlocks with about 2,000 queued). Then
 that prints many lines and of one that displays many values; the heap each outstanding request holds (tracemalloc,
 while the stub withholds every reply); the time a quick request on a subshell takes while the main shell sleeps; and
 what encryption costs: ConKernelClient on ipykernel and async-kernel started over plain TCP and with CurveZMQ; and
+what cancellable requests cost (each alone on the shell in the kernel) beside pipelined ones; and
 what a Jupyter Server in between costs: the stub kernel and ipykernel behind a real `jupyter server`, reached through
 its websocket (with and without TCP_QUICKACK) and over ZMQ straight to the kernel.
 ConKernelManager encrypts every kernel whose spec supports it, so the real kernels' rows are all encrypted ones.
@@ -178,6 +179,11 @@ async def pipelined(kc:ConKernelClient, n:int) -> int:
     replies = await asyncio.gather(*futs)
     await asyncio.wait_for(idle, 60)
     return sum(_ok(r, f.msg_id) for r, f in zip(replies, futs))
+
+async def replied(kc:ConKernelClient, n:int) -> int:
+    "ConKernelClient: `n` requests sent at once, each awaited through its own future (the last one's `idle` is not awaited)"
+    futs = [kc.execute(CODE, reply=True, timeout=60) for _ in range(n)]
+    return sum(_ok(r, f.msg_id) for r, f in zip(await asyncio.gather(*futs), futs))
 
 def output_cells(kernel:str, plan:Plan) -> dict[str,str]:
     "Name and code of the two output-collection cells for `kernel`"
@@ -352,23 +358,38 @@ async def _concurrency(km:ConKernelManager, name:str, plan:Plan) -> list[dict]:
 
 TRANSPORTS = {'disabled': 'plain TCP', 'auto': 'CurveZMQ'} # transport_encryption -> what the kernel runs over
 
+async def _time_batches(kc:ConKernelClient, key, work:Callable, plan:Plan, proc, tally:dict):
+    "Warm `kc` up, then time `work` on as many batches of the largest real-kernel size as the plan's requests make"
+    n = plan.kernel_batches[-1]
+    await work(kc, 100); await settle(kc)
+    await _time_runs({(key, n): (lambda k: work(kc, k), n, max(1, plan.kernel_requests // n))}, proc, lambda: settle(kc), tally)
+
 async def _encryption(name:str, plan:Plan) -> list[dict]:
     "ConKernelClient pipelined on kernel `name` started twice, over plain TCP and encrypted; [] if the kernel cannot encrypt"
-    n, total, tally = plan.kernel_batches[-1], plan.kernel_requests, {}
+    tally = {}
     kms = {enc: await start_kernel(name, transport_encryption=enc) for enc in TRANSPORTS}
     try:
         if kms['auto'].curve_publickey is None: return []
         for _ in range(plan.repeats):
             for enc, km in kms.items():
                 kc = await km.client().start_channels()
-                try:
-                    await pipelined(kc, 100); await settle(kc)
-                    runs = {(enc, n): (lambda k: pipelined(kc, k), n, max(1, total // n))}
-                    await _time_runs(runs, kernel_process(km), lambda: settle(kc), tally)
+                try: await _time_batches(kc, enc, pipelined, plan, kernel_process(km), tally)
                 finally: kc.stop_channels()
     finally:
         for km in kms.values(): await km.shutdown_kernel(now=True)
     return [dict(_row(name, CON, n, costs, ok), transport=TRANSPORTS[enc]) for (enc, n), (costs, ok) in tally.items()]
+
+MODES = {False: 'pipelined (default)', True: 'cancellable'} # ConKernelClient.cancellable -> what the row shows
+
+async def _cancellable(km:ConKernelManager, name:str, plan:Plan) -> list[dict]:
+    "ConKernelClient on kernel `name`, its requests pipelined (the default) and cancellable (alone on the shell in the kernel)"
+    tally = {}
+    for _ in range(plan.repeats):
+        for cancellable in MODES:
+            kc = await km.client(cancellable=cancellable).start_channels()
+            try: await _time_batches(kc, cancellable, replied, plan, kernel_process(km), tally)
+            finally: await kc.astop_channels()
+    return [dict(_row(name, CON, n, costs, ok), mode=MODES[c]) for (c, n), (costs, ok) in tally.items()]
 
 WS, ZMQ = 'websocket', 'ZMQ, direct'
 WS_TRANSPORTS = (ZMQ, WS, f'{WS}, no QUICKACK')
@@ -415,6 +436,7 @@ async def bench_kernel(km:ConKernelManager, name:str, plan:Plan) -> dict:
                 memory=await _memory(km, plan) if name == 'stub' else [],
                 concurrency=await _concurrency(km, name, plan),
                 encryption=[] if name == 'stub' else await _encryption(name, plan),
+                cancellable=[] if name == 'stub' else await _cancellable(km, name, plan),
                 websocket=await _websocket(name, plan) if name in ('stub', 'python3') else [])
 
 def _versions() -> dict:
@@ -458,7 +480,7 @@ def results(per_kernel:dict, plan:Plan, command:str=COMMAND) -> dict:
     meta = dict(command=command, date=datetime.now(timezone.utc).isoformat(timespec='seconds'), commit=_commit(),
                 machine=f'{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs', versions=_versions())
     return dict(meta=meta, plan=asdict(plan), targets=targets(per_kernel),
-                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'concurrency', 'encryption', 'websocket')})
+                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'concurrency', 'encryption', 'cancellable', 'websocket')})
 
 KERNEL_NAMES = {'stub': 'stub kernel (client-bound)', 'python3': 'ipykernel', 'async': 'async-kernel'}
 
@@ -518,6 +540,16 @@ def _encryption_md(rows:list[dict]) -> list[str]:
     return _table(['kernel', 'transport', 'in flight', 'requests/s', 'client CPU µs/request', 'kernel CPU µs/request',
                    'client CPU vs plain TCP'], body)
 
+def _cancellable_md(rows:list[dict]) -> list[str]:
+    "The cancellable-requests table"
+    body = []
+    for r in rows:
+        default = next(d for d in rows if d['kernel'] == r['kernel'] and d['mode'] == MODES[False])
+        body.append([KERNEL_NAMES.get(r['kernel'], r['kernel']), r['mode'], _f(r['in_flight']), _f(r['requests_per_s']),
+                     _f(r['wall_us']), _f(r['cpu_us']), _f(_ratio(r['wall_us'], default['wall_us']), '{:.2f}×')])
+    return _table(['kernel', 'requests', 'sent at once', 'requests/s', 'wall µs/request', 'client CPU µs/request',
+                   'wall vs pipelined'], body)
+
 def _websocket_md(rows:list[dict]) -> list[str]:
     "The websocket table"
     body = []
@@ -553,6 +585,11 @@ def markdown(res:dict) -> str:
             '', '## Encryption', '', 'ConKernelClient pipelined on the same kernel spec started twice: over plain TCP '
             "(`transport_encryption='disabled'`) and encrypted with CurveZMQ (ConKernelManager's default where the kernel "
             'supports it, as in the tables above).', '', *_encryption_md(res['encryption']),
+            '', '## Cancellable requests', '', 'ConKernelClient sending a batch of requests at once, each awaited through '
+            'its own future: pipelined (the default), and cancellable (`cancellable=True`: each request alone on the '
+            'shell in the kernel, sent once the one before it has replied and published `idle`, so `kc.cancel` can stop '
+            'it without touching the others). The difference is the price of a round trip per request.', '',
+            *_cancellable_md(res['cancellable']),
             '', '## Remote kernels', '', 'ConKernelClient and one kernel started by a real Jupyter Server on loopback: '
             "`RemoteKernelClient` through the server's kernel websocket (v1 protocol), with and without `TCP_QUICKACK`, "
             'and `ConKernelClient` over ZMQ straight to the same kernel, through its connection file. The server runs '

@@ -171,7 +171,6 @@ def _handle(self:StubKernel, sock:zmq.Socket, parts:list[bytes]):
     if msg_type == 'execute_request': return self._on_execute(sock, idents, header, content)
     reply_type = msg_type.removesuffix('_request') + '_reply'
     if msg_type == 'kernel_info_request': reply = KERNEL_INFO
-    elif msg_type == 'interrupt_request': reply = {'status': 'ok'}
     elif msg_type == 'shutdown_request':
         reply, self.running = {'status': 'ok', 'restart': bool(content.get('restart'))}, False
     else: reply = dict(status='error', ename='NotImplementedError', evalue=f"the stub kernel ignores {msg_type}", traceback=[])

@@ -106,6 +106,14 @@ def test_encryption(res):
     assert all(r['answered'] == r['sent'] > 0 and r['cpu_us'] > 0 for r in rows)
 
 
+def test_cancellable(res):
+    "ipykernel and async-kernel each have a pipelined and a cancellable row, every request answered"
+    rows = res['cancellable']
+    assert sorted((r['kernel'], r['mode']) for r in rows) == sorted(
+        (k, m) for k in ('python3', 'async') for m in ('pipelined (default)', 'cancellable'))
+    assert all(r['answered'] == r['sent'] > 0 and r['cpu_us'] > 0 for r in rows)
+
+
 def test_websocket(res):
     "The stub kernel and ipykernel behind a real server: each transport at 1 and at the largest batch, every request answered"
     rows, n = res['websocket'], res['plan']['kernel_batches'][-1]
@@ -129,5 +137,6 @@ def test_markdown_and_plot(res, out):
         section = next(s for s in sections if s.startswith(title + '\n'))
         rows = [l for l in section.split('\n## ')[0].splitlines() if l.startswith('| ')]
         assert len(rows) - 1 == sum(r['kernel'] == kernel for r in res['throughput']) # less the header row
-    for head in ('## Targets', '## Output collection', '## Memory', '## Concurrency', '## Encryption', '## Remote kernels'): assert f'\n{head}\n' in md
+    for head in ('## Targets', '## Output collection', '## Memory', '## Concurrency', '## Encryption', '## Cancellable requests',
+                 '## Remote kernels'): assert f'\n{head}\n' in md
     assert (out/'bench.png').read_bytes()[:4] == b'\x89PNG'
