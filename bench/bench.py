@@ -17,6 +17,9 @@ What is measured. Two clients take turns on one kernel, a round each, so both se
   gathered, and `Router.follow` on the last one's `idle`. Its readers check every iopub message (two status
   messages per request on the stub), so `jupyter_client + iopub` is its like-for-like comparison; the floor is the
   bar it is held to. It sends at most its `window` (500) requests per shell; the rest of a batch waits in order.
+- The `synchronous limit` (stub kernel only): a plain synchronous loop over pyzmq sockets doing only what no
+  client can skip (pack, sign and send each request; receive each of its messages, check the signature, read the
+  parent msg_id), the distance to which every run measures.
 
 Batches of 10 to 10,000 requests in flight run on three kernels: the stub kernel (`conkernelclient.stubkernel`),
 which runs nothing and answers at once, so the client is the bottleneck; ipykernel and async-kernel, where the kernel
@@ -24,7 +27,8 @@ is, with batches up to 1,000 (ipykernel deadlocks with about 2,000 queued). Then
 that prints many lines and of one that displays many values; the heap each outstanding request holds (tracemalloc,
 while the stub withholds every reply); the time a quick request on a subshell takes while the main shell sleeps; and
 what encryption costs: ConKernelClient on ipykernel and async-kernel started over plain TCP and with CurveZMQ; and
-what cancellable requests cost (each alone on the shell in the kernel) beside pipelined ones; and
+what cancellable requests cost (each alone on the shell in the kernel) beside pipelined ones; ConKernelClient
+under asyncio's own event loop and under uvloop; and
 what a Jupyter Server in between costs: the stub kernel and ipykernel behind a real `jupyter server`, reached through
 its websocket (with and without TCP_QUICKACK) and over ZMQ straight to the kernel.
 ConKernelManager encrypts every kernel whose spec supports it, so the real kernels' rows are all encrypted ones.
@@ -37,7 +41,7 @@ compare a row's client CPU with the floor's at the same number in flight (ConKer
 that each request was answered `ok` by its own reply: a row's `answered` equals its `sent`.
 """
 from __future__ import annotations
-import argparse, asyncio, gc, json, logging, os, platform, statistics, subprocess, sys, time, tracemalloc
+import argparse, asyncio, gc, hashlib, hmac, json, logging, os, platform, statistics, subprocess, sys, time, tracemalloc, uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -48,7 +52,7 @@ from typing import Awaitable, Callable
 import zmq, zmq.asyncio
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.kernelspec import NoSuchKernel
-from jupyter_client.session import Session
+from jupyter_client.session import DELIM, Session
 from traitlets import default
 
 import conkernelclient.requests # adds `request`, `create_subshell` and `delete_subshell` to ConKernelClient
@@ -185,6 +189,69 @@ async def replied(kc:ConKernelClient, n:int) -> int:
     futs = [kc.execute(CODE, reply=True, timeout=60) for _ in range(n)]
     return sum(_ok(r, f.msg_id) for r, f in zip(await asyncio.gather(*futs), futs))
 
+class Limit:
+    """The least any client must do for a request, as a synchronous loop over plain pyzmq sockets: pack, sign and send
+    it; receive each of its messages, check the signature and read the parent msg_id (and, on iopub, whether it is the
+    last request's `idle`). No routing, no futures, no event loop, no dates decoded: the physical limit to measure the
+    clients against"""
+    def __init__(self, km:ConKernelManager):
+        info = km.get_connection_info()
+        self.ctx = zmq.Context()
+        url = f"{info['transport']}://{info['ip']}:"
+        self.shell = self.ctx.socket(zmq.DEALER)
+        self.shell.connect(f"{url}{info['shell_port']}")
+        self.iopub = self.ctx.socket(zmq.SUB)
+        self.iopub.subscribe(b'')
+        self.iopub.connect(f"{url}{info['iopub_port']}")
+        self.poller = zmq.Poller()
+        for sock in (self.shell, self.iopub): self.poller.register(sock, zmq.POLLIN)
+        self.auth = hmac.new(info['key'], digestmod=hashlib.sha256)
+        self.session, self.count = uuid.uuid4().hex, 0
+        self.content = json.dumps(dict(code=CODE, silent=False, store_history=True, user_expressions={}, allow_stdin=False,
+                                       stop_on_error=True)).encode()
+
+    def sign(self, parts:list[bytes]) -> bytes:
+        h = self.auth.copy()
+        for p in parts: h.update(p)
+        return h.hexdigest().encode()
+
+    def batch(self, n:int, timeout:float=60) -> int:
+        "Send `n` requests, then receive until each has its reply and the last its `idle`; how many replies were theirs?"
+        sent = set()
+        for _ in range(n):
+            self.count += 1
+            mid = f'{self.session}_{self.count}'
+            header = json.dumps(dict(msg_id=mid, msg_type='execute_request', username='limit', session=self.session,
+                                     date=datetime.now(timezone.utc).isoformat(), version='5.3')).encode()
+            parts = [header, b'{}', b'{}', self.content]
+            self.shell.send_multipart([DELIM, self.sign(parts), *parts])
+            sent.add(mid)
+        ok, idle = 0, False
+        while ok < n or not idle:
+            ready = self.poller.poll(timeout * 1000)
+            if not ready: raise TimeoutError(f"{n - ok} replies or the last idle missing after {timeout} s")
+            for sock, _ in ready:
+                frames = sock.recv_multipart()
+                i = frames.index(DELIM)
+                if not hmac.compare_digest(frames[i + 1], self.sign(frames[i + 2:i + 6])): continue
+                parent = json.loads(frames[i + 3]).get('msg_id')
+                if sock is self.shell: ok += parent in sent
+                elif parent == mid and b'"idle"' in frames[i + 5]: idle = True
+        return ok
+
+    def close(self): self.ctx.destroy(linger=0)
+
+def limit_client(km:ConKernelManager) -> Limit:
+    "A `Limit` connected to the kernel of `km`, once its iopub subscription is through (a SUB socket joins late)"
+    lim = Limit(km)
+    for _ in range(100):
+        try:
+            lim.batch(1, timeout=0.1)
+            return lim
+        except TimeoutError: pass # its idle went out before the subscription was through: try again
+    lim.close()
+    raise TimeoutError("the limit loop's iopub subscription never got through")
+
 def output_cells(kernel:str, plan:Plan) -> dict[str,str]:
     "Name and code of the two output-collection cells for `kernel`"
     if kernel == 'stub': return {f'{plan.lines:,} lines': f'%stub stream {plan.lines}',
@@ -300,7 +367,7 @@ def _row(kernel:str, client:str, in_flight:int, costs:list[Cost], answered:int) 
                 sent=n * len(costs), answered=answered, requests_per_s=n / wall, wall_us=wall / n * 1e6,
                 cpu_us=cpu / n * 1e6, kernel_cpu_us=kernel_cpu)
 
-PLAIN, PLAIN_IOPUB, CON = 'jupyter_client', 'jupyter_client + iopub', 'ConKernelClient'
+PLAIN, PLAIN_IOPUB, CON, LIMIT = 'jupyter_client', 'jupyter_client + iopub', 'ConKernelClient', 'synchronous limit'
 
 def _sizes(name:str, plan:Plan) -> tuple[tuple[int,...], int]:
     "Batch sizes, and requests per timed run, for the kernel of spec `name`"
@@ -331,6 +398,21 @@ async def _con_round(km:ConKernelManager, name:str, plan:Plan, proc, tallies:dic
         await _time_outputs(CON, lambda code: collect(kc, code), output_cells(name, plan), proc, lambda: settle(kc),
                             tallies['outputs'])
     finally: kc.stop_channels()
+
+async def _returned(work:Callable[[int], int], n:int) -> int: return work(n)
+
+async def _nothing(): pass
+
+async def _limit_round(km:ConKernelManager, name:str, plan:Plan, proc, tallies:dict):
+    "One round of timed runs of the synchronous `Limit`: on the stub kernel only (the real kernels run encrypted)"
+    if name != 'stub': return
+    batches, total = _sizes(name, plan)
+    lim = limit_client(km)
+    try:
+        lim.batch(100)
+        runs = {(LIMIT, n): (lambda k: _returned(lim.batch, k), n, max(1, total // n)) for n in batches}
+        await _time_runs(runs, proc, _nothing, tallies['throughput'])
+    finally: lim.close()
 
 async def _memory(km:ConKernelManager, plan:Plan) -> list[dict]:
     "Heap per request in flight, three ways, on the stub kernel of `km`"
@@ -378,6 +460,34 @@ async def _encryption(name:str, plan:Plan) -> list[dict]:
     finally:
         for km in kms.values(): await km.shutdown_kernel(now=True)
     return [dict(_row(name, CON, n, costs, ok), transport=TRANSPORTS[enc]) for (enc, n), (costs, ok) in tally.items()]
+
+LOOPS = ('asyncio', 'uvloop') # the event loops ConKernelClient is measured on
+
+def _on_loop(kind:str, run:Callable[[], Awaitable]):
+    "Run `run()` to completion on a new event loop of `kind`, in this thread"
+    import uvloop
+    loop = uvloop.new_event_loop() if kind == 'uvloop' else asyncio.new_event_loop()
+    try: return loop.run_until_complete(run())
+    finally: loop.close()
+
+async def _loop_rounds(km:ConKernelManager, plan:Plan, kind:str) -> dict:
+    "Timed pipelined batches of a ConKernelClient of `km`'s kernel on the running loop; the tally"
+    tally = {}
+    kc = ConKernelClient()
+    kc.load_connection_file(km.connection_file)
+    await kc.start_channels()
+    try:
+        for _ in range(plan.repeats): await _time_batches(kc, kind, pipelined, plan, None, tally)
+    finally: await kc.astop_channels()
+    return tally
+
+async def _loops(km:ConKernelManager, name:str, plan:Plan) -> list[dict]:
+    "ConKernelClient pipelined on kernel `name` under asyncio's own event loop and under uvloop, each on a thread of its own"
+    rows = []
+    for kind in LOOPS:
+        tally = await asyncio.to_thread(_on_loop, kind, lambda: _loop_rounds(km, plan, kind))
+        rows += [dict(_row(name, CON, n, costs, ok), loop=kind) for (_, n), (costs, ok) in tally.items()]
+    return rows
 
 MODES = {False: 'pipelined (default)', True: 'cancellable'} # ConKernelClient.cancellable -> what the row shows
 
@@ -427,7 +537,8 @@ async def bench_kernel(km:ConKernelManager, name:str, plan:Plan) -> dict:
         log.info("%s: round %d of %d", name, i + 1, plan.repeats)
         await _plain_round(km, name, plan, proc, tallies)
         await _con_round(km, name, plan, proc, tallies)
-    order = {PLAIN: 0, PLAIN_IOPUB: 1, CON: 2}
+        await _limit_round(km, name, plan, proc, tallies)
+    order = {PLAIN: 0, PLAIN_IOPUB: 1, CON: 2, LIMIT: 3}
     throughput = [_row(name, client, n, costs, ok) for (client, n), (costs, ok) in tallies['throughput'].items()]
     outputs = [dict(_row(name, client, 1, costs, len(costs)), cell=cell, messages=sorted(counts))
                for (client, cell), (costs, counts) in tallies['outputs'].items()]
@@ -437,6 +548,7 @@ async def bench_kernel(km:ConKernelManager, name:str, plan:Plan) -> dict:
                 concurrency=await _concurrency(km, name, plan),
                 encryption=[] if name == 'stub' else await _encryption(name, plan),
                 cancellable=[] if name == 'stub' else await _cancellable(km, name, plan),
+                loops=await _loops(km, name, plan),
                 websocket=await _websocket(name, plan) if name in ('stub', 'python3') else [])
 
 def _versions() -> dict:
@@ -463,16 +575,17 @@ def _target(name:str, value:float|None, limit:float, unit:str='×') -> dict:
     return dict(target=name, value=value, limit=limit, unit=unit, met=None if value is None else value <= limit)
 
 def targets(per_kernel:dict) -> list[dict]:
-    "The four targets, measured on the stub kernel: is each met? (`met` is None for one that could not be measured)"
+    "The targets, measured on the stub kernel: is each met? (`met` is None for one that could not be measured)"
     stub = per_kernel.get('stub', {})
     rows, outs = stub.get('throughput', []), stub.get('outputs', [])
     most = max((r['in_flight'] for r in rows if r['client'] == CON), default=0)
     outs_ratio = [_ratio(c['cpu_us'], p['cpu_us']) for c in outs if c['client'] == CON
                   for p in outs if p['client'] == PLAIN and p['cell'] == c['cell']]
     heap = next((m['bytes_per_request'] for m in stub.get('memory', []) if m['window'] == 500 and m['timeout'] == 60), None)
-    return [_target("client CPU per request, 1,000 pipelined, vs the floor", _ratio(_cpu_of(rows, CON, 1000), _cpu_of(rows, PLAIN, 1000)), 1.0),
+    return [_target("client CPU per request, 1,000 pipelined, vs the floor", _ratio(_cpu_of(rows, CON, 1000), _cpu_of(rows, PLAIN, 1000)), 0.5),
+            _target("client CPU per request, 1,000 pipelined, vs the synchronous limit", _ratio(_cpu_of(rows, CON, 1000), _cpu_of(rows, LIMIT, 1000)), 2.0),
             _target(f"client CPU per request, {most:,} vs 100 in flight", _ratio(_cpu_of(rows, CON, most), _cpu_of(rows, CON, 100)), 1.1),
-            _target("heap per outstanding request", heap, 500, 'bytes'),
+            _target("heap per outstanding request", heap, 400, 'bytes'),
             _target("client CPU per output collection, vs the floor (worse cell)", max(outs_ratio, default=None), 1.1)]
 
 def results(per_kernel:dict, plan:Plan, command:str=COMMAND) -> dict:
@@ -480,7 +593,7 @@ def results(per_kernel:dict, plan:Plan, command:str=COMMAND) -> dict:
     meta = dict(command=command, date=datetime.now(timezone.utc).isoformat(timespec='seconds'), commit=_commit(),
                 machine=f'{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs', versions=_versions())
     return dict(meta=meta, plan=asdict(plan), targets=targets(per_kernel),
-                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'concurrency', 'encryption', 'cancellable', 'websocket')})
+                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'concurrency', 'encryption', 'cancellable', 'loops', 'websocket')})
 
 KERNEL_NAMES = {'stub': 'stub kernel (client-bound)', 'python3': 'ipykernel', 'async': 'async-kernel'}
 
@@ -499,7 +612,7 @@ def _targets_md(targets:list[dict]) -> list[str]:
 
 def _throughput_md(rows:list[dict], kernel:str) -> list[str]:
     "The requests table of `kernel`"
-    mine = sorted((r for r in rows if r['kernel'] == kernel), key=lambda r: (r['in_flight'], [PLAIN, PLAIN_IOPUB, CON].index(r['client'])))
+    mine = sorted((r for r in rows if r['kernel'] == kernel), key=lambda r: (r['in_flight'], [PLAIN, PLAIN_IOPUB, CON, LIMIT].index(r['client'])))
     def vs(r, client): return _f(_ratio(r['cpu_us'], _cpu_of(mine, client, r['in_flight'])), '{:.2f}×')
     body = [[_f(r['in_flight']), r['client'], _f(r['requests_per_s']), _f(r['wall_us']), _f(r['cpu_us']), _f(r['kernel_cpu_us']),
              vs(r, PLAIN), vs(r, PLAIN_IOPUB) if r['client'] == CON else '']
@@ -550,6 +663,16 @@ def _cancellable_md(rows:list[dict]) -> list[str]:
     return _table(['kernel', 'requests', 'sent at once', 'requests/s', 'wall µs/request', 'client CPU µs/request',
                    'wall vs pipelined'], body)
 
+def _loops_md(rows:list[dict]) -> list[str]:
+    "The event-loop table"
+    body = []
+    for r in rows:
+        default = next(d for d in rows if d['kernel'] == r['kernel'] and d['loop'] == LOOPS[0])
+        body.append([KERNEL_NAMES.get(r['kernel'], r['kernel']), r['loop'], _f(r['in_flight']), _f(r['requests_per_s']),
+                     _f(r['wall_us']), _f(r['cpu_us']), _f(_ratio(r['cpu_us'], default['cpu_us']), '{:.2f}×')])
+    return _table(['kernel', 'event loop', 'in flight', 'requests/s', 'wall µs/request', 'client CPU µs/request',
+                   'client CPU vs asyncio'], body)
+
 def _websocket_md(rows:list[dict]) -> list[str]:
     "The websocket table"
     body = []
@@ -590,13 +713,17 @@ def markdown(res:dict) -> str:
             'shell in the kernel, sent once the one before it has replied and published `idle`, so `kc.cancel` can stop '
             'it without touching the others). The difference is the price of a round trip per request.', '',
             *_cancellable_md(res['cancellable']),
+            '', '## Event loops', '', "ConKernelClient pipelined under asyncio's own event loop and under uvloop, each "
+            'on a thread of its own with a client of its own, attached to the same kernel through its connection file.',
+            '', *_loops_md(res['loops']),
             '', '## Remote kernels', '', 'ConKernelClient and one kernel started by a real Jupyter Server on loopback: '
             "`RemoteKernelClient` through the server's kernel websocket (v1 protocol), with and without `TCP_QUICKACK`, "
             'and `ConKernelClient` over ZMQ straight to the same kernel, through its connection file. The server runs '
             'kernels unencrypted, as jupyter_server does by default.', '', *_websocket_md(res['websocket'])]
     return '\n'.join(out) + '\n'
 
-STYLES = {PLAIN: dict(ls='--', marker='o'), PLAIN_IOPUB: dict(ls=':', marker='s'), CON: dict(ls='-', marker='D')}
+STYLES = {PLAIN: dict(ls='--', marker='o'), PLAIN_IOPUB: dict(ls=':', marker='s'), CON: dict(ls='-', marker='D'),
+          LIMIT: dict(ls='-.', marker='x')}
 
 def plot(res:dict, path:Path):
     "Save the throughput and client-CPU plot of `res` as the PNG `path`"

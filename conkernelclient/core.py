@@ -6,7 +6,7 @@ Docs: https://conkernelclient.github.io/conkernelclient/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #c08a8f4e
 from __future__ import annotations
-import asyncio, contextvars, itertools, logging, math, time, weakref
+import asyncio, contextvars, itertools, logging, math, os, time, weakref
 from collections import deque
 from datetime import datetime
 from hmac import compare_digest
@@ -22,7 +22,8 @@ from jupyter_client.channels import AsyncZMQSocketChannel
 from jupyter_client.ioloop import AsyncIOLoopKernelManager
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.jsonutil import ISO8601_PAT, extract_dates, parse_date
-from jupyter_client.session import DELIM, Session, msg_header, new_id, protocol_version
+from jupyter_client.session import DELIM, DONE, Session, msg_header, new_id, protocol_version
+from zmq.backend import Socket as _BackendSocket
 from traitlets import Bool, DottedObjectName, Float, Integer, Type, default, observe, validate
 
 log = logging.getLogger(__name__)
@@ -91,12 +92,34 @@ def _rearm(stream):
     "Read `zmq.EVENTS` through asyncio socket `stream`, so that pyzmq wakes a receive parked on it"
     if isinstance(stream, zmq.asyncio.Socket) and not stream.closed: stream.get(zmq.EVENTS)
 
+_SNDMORE = int(zmq.SNDMORE) # a plain int: pyzmq's flag enums cost more than the send
+_send_frame = _BackendSocket.send # the send of pyzmq's socket class itself, under its Python wrapper
+
 @patch
 def send(self:ConSession, stream, msg_or_type, *args, **kwargs):
-    "`Session.send`, then wake a receive parked on `stream`"
-    res = Session.send(self, stream, msg_or_type, *args, **kwargs)
+    "`Session.send` (`_send_plain` for a plain message), then wake a receive parked on `stream`"
+    if not (args or kwargs) and isinstance(stream, zmq.Socket) and self._plain(msg_or_type): res = self._send_plain(stream, msg_or_type)
+    else: res = Session.send(self, stream, msg_or_type, *args, **kwargs)
     _rearm(stream)
     return res
+
+@patch
+def _plain(self:ConSession, msg) -> bool:
+    "Is `msg` a message `_send_plain` sends exactly as `Session.send` would?"
+    return (type(msg) is dict and not msg.get('buffers') and isinstance(msg.get('content'), (dict, bytes))
+            and not self.adapt_version and not (self.check_pid and os.getpid() != self.pid))
+
+@patch
+def _send_plain(self:ConSession, sock:zmq.Socket, msg:dict) -> dict:
+    "Send plain message `msg` on `sock`: the frames `serialize` makes, each through the socket's own `send`"
+    pack, content = self.pack, msg['content']
+    parts = [pack(msg['header']), pack(msg['parent_header']), pack(msg['metadata']),
+             content if isinstance(content, bytes) else pack(content)]
+    send = _send_frame
+    for frame in (DELIM, self.sign(parts), *parts[:3]): send(sock, frame, _SNDMORE)
+    send(sock, parts[3], 0)
+    msg['tracker'] = DONE
+    return msg
 
 @patch
 def send_raw(self:ConSession, stream, msg_list, *args, **kwargs):

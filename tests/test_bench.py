@@ -37,11 +37,12 @@ def test_row_and_targets(monkeypatch):
     assert [round(r[k]) for k in ('sent', 'requests_per_s', 'wall_us', 'cpu_us', 'kernel_cpu_us')] == [300, 500, 2000, 600, 2000]
     assert b._row('k', 'c', 10, [b.Cost(100, 0.1, 0.05, 0.01)], 100)['kernel_cpu_us'] is None
     fake = dict(throughput=[dict(client=PLAIN, in_flight=1000, cpu_us=100), dict(client=CON, in_flight=1000, cpu_us=150),
-                            dict(client=CON, in_flight=100, cpu_us=140)],
+                            dict(client=CON, in_flight=100, cpu_us=140), dict(client='synchronous limit', in_flight=1000, cpu_us=50)],
                 outputs=[dict(client=PLAIN, cell='x', cpu_us=10), dict(client=CON, cell='x', cpu_us=9)],
                 memory=[dict(window=500, timeout=60, bytes_per_request=400)])
-    assert [(round(t['value'], 2), t['met']) for t in b.targets({'stub': fake})] == [(1.5, False), (1.07, True), (400, True), (0.9, True)]
-    assert [t['met'] for t in b.targets({'python3': fake})] == [None] * 4
+    assert [(round(t['value'], 2), t['met']) for t in b.targets({'stub': fake})] == [
+        (1.5, False), (3.0, False), (1.07, True), (400, True), (0.9, True)]
+    assert [t['met'] for t in b.targets({'python3': fake})] == [None] * 5
 
 
 def test_help():
@@ -64,8 +65,9 @@ def test_every_request_answered(res):
     for kernel in KERNELS:
         batches = plan['stub_batches'] if kernel == 'stub' else plan['kernel_batches']
         rows = [r for r in res['throughput'] if r['kernel'] == kernel]
+        clients = (PLAIN, PLAIN_IOPUB, CON, 'synchronous limit') if kernel == 'stub' else (PLAIN, PLAIN_IOPUB, CON)
         assert sorted((r['client'], r['in_flight']) for r in rows) == sorted(
-            [(PLAIN, 1), (CON, 1), *((c, n) for n in batches for c in (PLAIN, PLAIN_IOPUB, CON))])
+            [(PLAIN, 1), (CON, 1), *((c, n) for n in batches for c in clients)])
         for r in rows:
             assert r['repeats'] == plan['repeats'] and r['sent'] == r['requests'] * r['repeats'], r
             assert r['answered'] == r['sent'], r
@@ -114,6 +116,21 @@ def test_cancellable(res):
     assert all(r['answered'] == r['sent'] > 0 and r['cpu_us'] > 0 for r in rows)
 
 
+def test_limit(res):
+    "The synchronous limit runs on the stub kernel at every batch size, every request answered by its own reply"
+    rows = [r for r in res['throughput'] if r['client'] == 'synchronous limit']
+    assert sorted(r['in_flight'] for r in rows) == sorted(res['plan']['stub_batches'])
+    assert all(r['kernel'] == 'stub' and r['answered'] == r['sent'] > 0 and r['cpu_us'] > 0 for r in rows)
+
+
+def test_event_loops(res):
+    "Every kernel has a row under asyncio's loop and one under uvloop, every request answered"
+    rows = res['loops']
+    assert sorted((r['kernel'], r['loop']) for r in rows) == sorted(
+        (k, l) for k in KERNELS for l in ('asyncio', 'uvloop'))
+    assert all(r['answered'] == r['sent'] > 0 and r['cpu_us'] > 0 for r in rows)
+
+
 def test_websocket(res):
     "The stub kernel and ipykernel behind a real server: each transport at 1 and at the largest batch, every request answered"
     rows, n = res['websocket'], res['plan']['kernel_batches'][-1]
@@ -123,8 +140,8 @@ def test_websocket(res):
 
 
 def test_targets(res):
-    "All four targets have a value and a verdict (whatever it is)"
-    assert [t['unit'] for t in res['targets']] == ['×', '×', 'bytes', '×']
+    "All five targets have a value and a verdict (whatever it is)"
+    assert [t['unit'] for t in res['targets']] == ['×', '×', '×', 'bytes', '×']
     assert all(t['value'] > 0 and t['met'] in (True, False) for t in res['targets'])
 
 
@@ -138,5 +155,5 @@ def test_markdown_and_plot(res, out):
         rows = [l for l in section.split('\n## ')[0].splitlines() if l.startswith('| ')]
         assert len(rows) - 1 == sum(r['kernel'] == kernel for r in res['throughput']) # less the header row
     for head in ('## Targets', '## Output collection', '## Memory', '## Concurrency', '## Encryption', '## Cancellable requests',
-                 '## Remote kernels'): assert f'\n{head}\n' in md
+                 '## Event loops', '## Remote kernels'): assert f'\n{head}\n' in md
     assert (out/'bench.png').read_bytes()[:4] == b'\x89PNG'
