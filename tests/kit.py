@@ -90,6 +90,12 @@ async def running(kc:ConKernelClient, fut, msg_type:str='execute_input'):
     await asyncio.wait_for(seen, 30)
 
 
+async def started(run):
+    "Wait until `run` has started in the kernel (its `execute_input` came); a cancellable run is sent only once its shell is free"
+    async for msg in run:
+        if msg['msg_type'] == 'execute_input': return
+
+
 def collect(ch:RoutedChannel, mid:str, until:Callable[[dict],bool]=is_idle) -> tuple[list[dict], asyncio.Future]:
     "Follow request `mid` on `ch`: a list of its messages, and a future resolved by the first for which `until` is true (by default its `idle`)"
     msgs = []

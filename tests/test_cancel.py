@@ -11,7 +11,7 @@ import pytest
 import conkernelclient.requests # noqa: F401 (kc.run)
 from conkernelclient.core import InterruptUnsupportedError
 from conkernelclient.stubkernel import stub_spec
-from kit import ask, check
+from kit import ask, check, started
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -80,6 +80,7 @@ async def test_client_without_manager(kernels):
     assert kc.parent is None
     looping = kc.run('while True: pass', timeout=None, cancellable=True)
     queued = [ask(kc, f'{i}') for i in range(3)]
+    await started(looping) # a fresh client's shell may still be busy with its start-up
     assert await kc.cancel(looping.msg_id) == 'interrupted'
     for i, fut in enumerate(queued): check(await fut, fut, i)
 

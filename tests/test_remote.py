@@ -16,7 +16,7 @@ from conkernelclient.cli import command
 from conkernelclient.stubkernel import stub_spec
 from conkernelclient.remote import (ConnectionLostError, KernelNotFoundError, LocalServer, RemoteKernelClient,
                                     RemoteKernelManager, ReplyLostError, ServerAuthError, ServerUnreachableError)
-from kit import Gate, Relay, ask, check, collect, running
+from kit import Gate, Relay, ask, check, collect, running, started
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -267,6 +267,7 @@ async def test_cancel_one_request(remote, kernel):
     queued = [ask(kc, f'{i}*{i}') for i in range(3)]
     withdrawn = kc.run('side_effect = 1', cancellable=True)
     assert await kc.cancel(withdrawn.msg_id) == 'withdrawn'
+    await started(looping) # a fresh client's shell may still be busy with its start-up
     assert await kc.cancel(looping.msg_id) == 'interrupted'
     for i, fut in enumerate(queued): check(await fut, fut, i * i)
     deadline = kc.run('while True: pass', timeout=1, on_timeout='interrupt')
