@@ -643,45 +643,35 @@ def _concurrency_md(rows:list[dict]) -> list[str]:
                   [[KERNEL_NAMES.get(c['kernel'], c['kernel']), c['client'], f"`{c['main_shell']}`", f"{c['latency_ms']:,.1f} ms"]
                    for c in rows])
 
+_COLUMNS = {'cpu_us': 'client CPU µs/request', 'kernel_cpu_us': 'kernel CPU µs/request', 'wall_us': 'wall µs/request'}
+
+def _versus_md(rows:list[dict], series:str, title:str, base:str, columns:list[str], measure:str, against:str,
+               key:Callable|None=None) -> list[str]:
+    "A table of `rows` (sorted by `key`), each `measure` compared with the row of the same kernel and batch whose `series` is `base`"
+    body = []
+    for r in sorted(rows, key=key) if key else rows:
+        ref = next(b for b in rows if (b['kernel'], b['in_flight'], b[series]) == (r['kernel'], r['in_flight'], base))
+        body.append([KERNEL_NAMES.get(r['kernel'], r['kernel']), r[series], _f(r['in_flight']), _f(r['requests_per_s']),
+                     *(_f(r[c]) for c in columns), _f(_ratio(r[measure], ref[measure]), '{:.2f}×')])
+    return _table(['kernel', title, 'in flight', 'requests/s', *(_COLUMNS[c] for c in columns), against], body)
+
 def _encryption_md(rows:list[dict]) -> list[str]:
     "The encryption table"
-    body = []
-    for r in rows:
-        plain = next(p for p in rows if p['kernel'] == r['kernel'] and p['transport'] == TRANSPORTS['disabled'])
-        body.append([KERNEL_NAMES.get(r['kernel'], r['kernel']), r['transport'], _f(r['in_flight']), _f(r['requests_per_s']),
-                     _f(r['cpu_us']), _f(r['kernel_cpu_us']), _f(_ratio(r['cpu_us'], plain['cpu_us']), '{:.2f}×')])
-    return _table(['kernel', 'transport', 'in flight', 'requests/s', 'client CPU µs/request', 'kernel CPU µs/request',
-                   'client CPU vs plain TCP'], body)
+    return _versus_md(rows, 'transport', 'transport', TRANSPORTS['disabled'], ['cpu_us', 'kernel_cpu_us'], 'cpu_us',
+                      'client CPU vs plain TCP')
 
 def _cancellable_md(rows:list[dict]) -> list[str]:
     "The cancellable-requests table"
-    body = []
-    for r in rows:
-        default = next(d for d in rows if d['kernel'] == r['kernel'] and d['mode'] == MODES[False])
-        body.append([KERNEL_NAMES.get(r['kernel'], r['kernel']), r['mode'], _f(r['in_flight']), _f(r['requests_per_s']),
-                     _f(r['wall_us']), _f(r['cpu_us']), _f(_ratio(r['wall_us'], default['wall_us']), '{:.2f}×')])
-    return _table(['kernel', 'requests', 'sent at once', 'requests/s', 'wall µs/request', 'client CPU µs/request',
-                   'wall vs pipelined'], body)
+    return _versus_md(rows, 'mode', 'requests', MODES[False], ['wall_us', 'cpu_us'], 'wall_us', 'wall vs pipelined')
 
 def _loops_md(rows:list[dict]) -> list[str]:
     "The event-loop table"
-    body = []
-    for r in rows:
-        default = next(d for d in rows if d['kernel'] == r['kernel'] and d['loop'] == LOOPS[0])
-        body.append([KERNEL_NAMES.get(r['kernel'], r['kernel']), r['loop'], _f(r['in_flight']), _f(r['requests_per_s']),
-                     _f(r['wall_us']), _f(r['cpu_us']), _f(_ratio(r['cpu_us'], default['cpu_us']), '{:.2f}×')])
-    return _table(['kernel', 'event loop', 'in flight', 'requests/s', 'wall µs/request', 'client CPU µs/request',
-                   'client CPU vs asyncio'], body)
+    return _versus_md(rows, 'loop', 'event loop', LOOPS[0], ['wall_us', 'cpu_us'], 'cpu_us', 'client CPU vs asyncio')
 
 def _websocket_md(rows:list[dict]) -> list[str]:
     "The websocket table"
-    body = []
-    for r in sorted(rows, key=lambda r: (r['kernel'], r['in_flight'], WS_TRANSPORTS.index(r['transport']))):
-        zmq_ = next(z for z in rows if z['kernel'] == r['kernel'] and z['in_flight'] == r['in_flight'] and z['transport'] == ZMQ)
-        body.append([KERNEL_NAMES.get(r['kernel'], r['kernel']), r['transport'], _f(r['in_flight']), _f(r['requests_per_s']),
-                     _f(r['wall_us']), _f(r['cpu_us']), _f(_ratio(r['cpu_us'], zmq_['cpu_us']), '{:.2f}×')])
-    return _table(['kernel', 'transport', 'in flight', 'requests/s', 'wall µs/request', 'client CPU µs/request',
-                   'client CPU vs ZMQ direct'], body)
+    return _versus_md(rows, 'transport', 'transport', ZMQ, ['wall_us', 'cpu_us'], 'cpu_us', 'client CPU vs ZMQ direct',
+                      key=lambda r: (r['kernel'], r['in_flight'], WS_TRANSPORTS.index(r['transport'])))
 
 def markdown(res:dict) -> str:
     "The results as a markdown document"
