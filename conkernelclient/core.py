@@ -1149,10 +1149,10 @@ def _interrupts_every_shell(self:ConKernelClient) -> bool:
 @patch
 def _check_scope(self:ConKernelClient, h:_Hold):
     "Raise `InterruptScopeError` unless interrupting the kernel stops held request `h` and no other request of this client"
-    if h.key is not None and not self._interrupts_every_shell:
+    if not self._interrupts_every_shell:
+        if h.key is None: return
         raise InterruptScopeError(f"request {h.mid} runs on subshell {h.key}, and ipykernel's interrupt only reaches the "
                                   "main shell (subshells are threads, which signals never reach)")
-    if not self._interrupts_every_shell: return
     others = [m for m, k in self.shell_channel.unanswered.items() if k != h.key]
     if others: raise InterruptScopeError(f"this kernel's interrupt stops what runs on every shell, so it would also stop "
                                          f"{len(others)} other request(s) of this client on other shells: {others[:3]}")
