@@ -78,7 +78,7 @@ class InterruptUnsupportedError(CancelError):
 
 # %% ../nbs/00_core.ipynb #8d871267
 class ConSession(Session):
-    "A `Session` whose sends wake receives parked on the same asyncio socket, and whose `deserialize` is fast"
+    "A `Session` whose sends are lean and whose `deserialize` is fast"
     @classmethod
     def of(cls, session:Session) -> ConSession:
         "`session` itself if it is a `ConSession`, else a `ConSession` with the same settings, identity and key"
@@ -88,20 +88,14 @@ class ConSession(Session):
         return new
 
 # %% ../nbs/00_core.ipynb #387a3d20
-def _rearm(stream):
-    "Read `zmq.EVENTS` through asyncio socket `stream`, so that pyzmq wakes a receive parked on it"
-    if isinstance(stream, zmq.asyncio.Socket) and not stream.closed: stream.get(zmq.EVENTS)
-
 _SNDMORE = int(zmq.SNDMORE) # a plain int: pyzmq's flag enums cost more than the send
 _send_frame = _BackendSocket.send # the send of pyzmq's socket class itself, under its Python wrapper
 
 @patch
 def send(self:ConSession, stream, msg_or_type, *args, **kwargs):
-    "`Session.send` (`_send_plain` for a plain message), then wake a receive parked on `stream`"
-    if not (args or kwargs) and isinstance(stream, zmq.Socket) and self._plain(msg_or_type): res = self._send_plain(stream, msg_or_type)
-    else: res = Session.send(self, stream, msg_or_type, *args, **kwargs)
-    _rearm(stream)
-    return res
+    "`Session.send`, through `_send_plain` for a plain message"
+    if not (args or kwargs) and isinstance(stream, zmq.Socket) and self._plain(msg_or_type): return self._send_plain(stream, msg_or_type)
+    return Session.send(self, stream, msg_or_type, *args, **kwargs)
 
 @patch
 def _plain(self:ConSession, msg) -> bool:
@@ -120,12 +114,6 @@ def _send_plain(self:ConSession, sock:zmq.Socket, msg:dict) -> dict:
     send(sock, parts[3], 0)
     msg['tracker'] = DONE
     return msg
-
-@patch
-def send_raw(self:ConSession, stream, msg_list, *args, **kwargs):
-    "`Session.send_raw`, then wake a receive parked on `stream`"
-    Session.send_raw(self, stream, msg_list, *args, **kwargs)
-    _rearm(stream)
 
 # %% ../nbs/00_core.ipynb #b5c4e902
 def _dates(obj:dict) -> dict:
@@ -426,17 +414,20 @@ def _pass(self:Router, fol:Follower, msg:dict):
 
 # %% ../nbs/00_core.ipynb #9696eb82
 class RoutedChannel(AsyncZMQSocketChannel):
-    "A channel whose socket is read only by its reader task, which routes each message by its parent msg_id"
+    "A channel whose socket is read only by its reader, which routes each message by its parent msg_id"
     def __init__(self, socket:zmq.asyncio.Socket|None, session:Session, loop=None):
         "`socket`: the ZMQ socket it reads, or None on a transport that brings the frames itself (see `_route`)"
         self.socket, self.session = socket, ConSession.of(session) # all that jupyter_client's channel keeps
         self.inbox = Inbox(decode=self.session.unpack_frames)
         self.router = Router(self.inbox)
-        self.reader:asyncio.Task|None = None
         self.teardown:Callable[[ConKernelError],None] = self.close # what a reader that stops by itself calls
         self.burst = 50
         self.loop:asyncio.AbstractEventLoop|None = None
-        self.parked = asyncio.Event()
+        self.listening = asyncio.Event() # set once the reader reads the transport
+        self.sync:zmq.Socket|None = None # a synchronous shadow of the socket, for the reader
+        self.watched:int|None = None # the socket's file descriptor, while the loop watches it for the reader
+        self.again:asyncio.Handle|None = None # the reader's next turn, when it is due without the descriptor
+        self.sendable:asyncio.Future|None = None # resolved by the reader once the socket can send (`until_sendable`)
         self.window:int|None = None
         self.unanswered:dict[str,str|None] = {}
         self.open:dict[str|None,int] = {}
@@ -448,52 +439,64 @@ class RoutedChannel(AsyncZMQSocketChannel):
 # %% ../nbs/00_core.ipynb #ac447543
 @patch
 def start(self:RoutedChannel):
-    "Start the reader task on the running event loop, which becomes the channel's loop"
-    if self.reader is None:
+    "Start the reader on the running event loop, which becomes the channel's loop"
+    if self.loop is None:
         self.loop = asyncio.get_running_loop()
-        self.reader = self.loop.create_task(self._read())
+        self._watch()
+
+@patch
+def _watch(self:RoutedChannel):
+    "Have the loop call the reader, `_ready`, whenever the socket's descriptor signals, and once now"
+    self.sync = zmq.Socket.shadow(self.socket.underlying)
+    self.watched = self.sync.FD
+    self.loop.add_reader(self.watched, self._ready)
+    self._soon() # what came before the loop watched the descriptor signalled no one
+    self.listening.set()
+
+@patch
+def _soon(self:RoutedChannel):
+    "Give the reader a turn soon, unless it has one already"
+    if self.again is None and self.watched is not None: self.again = self.loop.call_soon(self._ready)
+
+@patch
+def _unwatch(self:RoutedChannel):
+    "Stop the reader: the loop no longer watches the socket's descriptor"
+    if self.again is not None: self.again.cancel()
+    if self.watched is not None and not self.loop.is_closed(): self.loop.remove_reader(self.watched)
+    self.again = self.watched = None
 
 # %% ../nbs/00_core.ipynb #d26a00c8
-@patch
-async def _read(self:RoutedChannel):
-    "Receive and route until the socket closes; then close the channel with the reason"
-    sync, burst = zmq.Socket.shadow(self.socket.underlying), 0
-    try:
-        while True:
-            recv = self.socket.recv_multipart()
-            self.parked.set()
-            if not recv.done(): burst = 0 # awaiting it yields to the event loop
-            self._route(await recv)
-            burst = self._drain(sync, burst + 1)
-            if burst >= self.burst:
-                burst = 0
-                await asyncio.sleep(0)
-    except asyncio.CancelledError:
-        if self.reader is asyncio.current_task() and not self.router.closed:
-            self.teardown(ChannelsClosedError("a channel's reader was cancelled"))
-    except zmq.ZMQError as e: self.teardown(ChannelsClosedError(f"a channel's socket failed: {e}"))
-    except Exception as e:
-        log.exception("reader of %s failed", self.socket)
-        self.teardown(ChannelsClosedError(f"a channel's reader failed: {e!r}"))
+_EVENTS, _POLLIN, _POLLOUT, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.NOBLOCK) # plain ints, as for sending
+_get_opt, _recv_frame = _BackendSocket.get, _BackendSocket.recv
 
-# %% ../nbs/00_core.ipynb #edd4dfdf
-def _recv_queued(sync:zmq.Socket) -> list[bytes]|None:
-    "The frames of the message queued on `sync`, or None if there is none; `recv_multipart` without its costly option reads"
-    try: frame = sync.recv(zmq.NOBLOCK, copy=False)
-    except zmq.Again: return None
+def _recv_whole(sync:zmq.Socket) -> list[bytes]:
+    "The frames of the message waiting on `sync`: ZMQ delivers a multipart message whole, so its other frames are there"
+    frame = _recv_frame(sync, _NOBLOCK, False)
     parts = [frame.bytes]
-    while frame.more: # ZMQ delivers a multipart message whole: its other frames are there
-        frame = sync.recv(zmq.NOBLOCK, copy=False)
+    while frame.more:
+        frame = _recv_frame(sync, _NOBLOCK, False)
         parts.append(frame.bytes)
     return parts
 
 @patch
-def _drain(self:RoutedChannel, sync:zmq.Socket, burst:int) -> int:
-    "Route the messages already queued on the socket, read through its synchronous shadow `sync`, until `burst` is reached"
-    while burst < self.burst and (parts := _recv_queued(sync)) is not None:
-        self._route(parts)
-        burst += 1
-    return burst
+def _ready(self:RoutedChannel):
+    "The reader: route the messages waiting on the socket, at most `burst` of them a turn; on failure, `teardown`"
+    again, self.again = self.again, None
+    if again is not None: again.cancel() # this turn is the one it was due
+    if self.watched is None: return
+    try:
+        n = self.burst
+        while (events := _get_opt(self.sync, _EVENTS)) & _POLLIN: # ends on `ZMQ_EVENTS`: the descriptor signals again
+            if not n: return self._soon() # a flood: let everything else run before the next burst
+            self._route(_recv_whole(self.sync))
+            n -= 1
+        if events & _POLLOUT and self.sendable is not None:
+            self.sendable.set_result(True)
+            self.sendable = None
+    except zmq.ZMQError as e: self.teardown(ChannelsClosedError(f"a channel's socket failed: {e}"))
+    except Exception as e:
+        log.exception("reader of %s failed", self.socket)
+        self.teardown(ChannelsClosedError(f"a channel's reader failed: {e!r}"))
 
 # %% ../nbs/00_core.ipynb #7477e864
 @patch
@@ -513,6 +516,16 @@ def _route(self:RoutedChannel, parts:list[bytes]):
     if msg is None: return self.inbox.put_frames(mid, frames)
     self._answered(mid)
     self.router.deliver(msg)
+
+# %% ../nbs/00_core.ipynb #ceda9128
+@patch
+async def until_sendable(self:RoutedChannel, timeout:float) -> bool:
+    "Wait until the socket can send (one connected with `ZMQ_IMMEDIATE`: until it is connected); False after `timeout` s"
+    self.check_loop()
+    if _get_opt(self.sync, _EVENTS) & _POLLOUT: return True
+    if self.sendable is None: self.sendable = self.loop.create_future()
+    try: return await asyncio.wait_for(asyncio.shield(self.sendable), max(0, timeout))
+    except TimeoutError: return False
 
 # %% ../nbs/00_core.ipynb #0af9930a
 @patch
@@ -577,8 +590,9 @@ def _mid_of(item:_Queued|dict) -> str:
 # %% ../nbs/00_core.ipynb #01a587a0
 @patch
 def _transmit(self:RoutedChannel, msg:dict):
-    "The transport's outgoing end: sign and send `msg` on the channel's socket"
+    "The transport's outgoing end: sign and send `msg` on the channel's socket, then give the reader a turn (*The race*)"
     self.session.send(self.socket, msg)
+    self._soon()
 
 # %% ../nbs/00_core.ipynb #66538cd2
 @patch
@@ -701,19 +715,18 @@ def _cancel(task:asyncio.Task|None):
 @patch
 def reconnect(self:RoutedChannel, socket:zmq.asyncio.Socket):
     "Swap in `socket` for the channel's socket, whose unsent messages are discarded, and restart the reader; the router stays"
-    old, self.reader = self.reader, None
-    _cancel(old)
+    self._unwatch()
     self.socket.close(linger=0)
     self.socket = socket
-    self.parked.clear()
-    self.start()
+    if self.loop is None: self.start()
+    else: self._watch()
 
 # %% ../nbs/00_core.ipynb #58be5218
 @patch
 def close(self:RoutedChannel, exc:ConKernelError|None=None):
     "The one teardown path: fail every waiter with `exc` (default `ChannelsClosedError`), stop the reader, close the socket"
     self.router.close(exc or ChannelsClosedError("the client's channels were stopped"))
-    _cancel(self.reader)
+    self._unwatch()
     if self.socket is not None:
         self.socket.close(linger=0)
         self.socket = None
@@ -872,9 +885,8 @@ def stop_channels(self:ConKernelClient):
 
 @patch(as_prop=True)
 def _tasks(self:ConKernelClient) -> list[asyncio.Task]:
-    "The client's tasks not yet done: readers of the channels it made, the start-up, the liveness check, timeouts' cancels"
-    made = (getattr(self, f'_{n}_channel') for n in ('shell', 'control', 'iopub', 'stdin'))
-    tasks = (*(ch.reader for ch in made if ch is not None), self._starting, self._liveness, *self._stopping)
+    "The client's tasks not yet done: the start-up, the liveness check, timeouts' cancels"
+    tasks = (self._starting, self._liveness, *self._stopping)
     return [t for t in tasks if t is not None and not t.done()]
 
 def _end_idle(tasks:list[asyncio.Task]):
@@ -925,8 +937,8 @@ def start_channels(self:ConKernelClient, shell:bool=True, iopub:bool=True, stdin
 # %% ../nbs/00_core.ipynb #006a9e76
 @patch
 async def _until_ready(self:ConKernelClient) -> ConKernelClient:
-    "Wait for the readers to park, then for the handshake; start the liveness check, or close the client if it fails"
-    await asyncio.gather(*(ch.parked.wait() for ch in self.routed))
+    "Wait for the readers to listen, then for the handshake; start the liveness check, or close the client if it fails"
+    await asyncio.gather(*(ch.listening.wait() for ch in self.routed))
     try: await self._until_answered()
     except (ConKernelError, TimeoutError) as e:
         self._close(e if isinstance(e, ConKernelError) else ChannelsClosedError(f"start-up failed: {e}"))
@@ -985,9 +997,9 @@ def connect_stdin(self:ConKernelClient, identity:bytes|None=None) -> zmq.Socket:
 @patch
 async def _until_stdin_connected(self:ConKernelClient, deadline:float):
     "Wait until the stdin socket is connected to the kernel (a transport without one has nothing to wait for)"
-    sock = self._stdin_channel.socket if self._stdin_channel is not None else None
-    if sock is None or sock.closed: return
-    if not await sock.poll(max(0, deadline - time.monotonic()) * 1000, zmq.POLLOUT):
+    ch = self._stdin_channel
+    if ch is None or ch.socket is None or ch.socket.closed: return
+    if not await ch.until_sendable(deadline - time.monotonic()):
         raise TimeoutError("the kernel answered, but its stdin socket never accepted the client's connection")
 
 # %% ../nbs/00_core.ipynb #d96c1db3

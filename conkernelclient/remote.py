@@ -214,7 +214,7 @@ async def _run(self:KernelWebsocket):
         waiting, self.waiting = self.waiting, []
         if since is not None and self.on_reconnect is not None: self.on_reconnect({m['header']['msg_id'] for _, m in waiting})
         for name, msg in waiting: self._write(name, msg)
-        for ch in self.channels.values(): ch.parked.set()
+        for ch in self.channels.values(): ch.listening.set()
         await self.dropped
         self.conn, since = None, time.monotonic()
         log.warning("the websocket of kernel %s dropped: reconnecting", self.kernel_id)
@@ -275,7 +275,7 @@ class WebsocketChannel(RoutedChannel):
         super().__init__(None, ws.session)
         self.ws, self.name = ws, name
         ws.channels[name] = self
-        if ws.conn is not None: self.parked.set()
+        if ws.conn is not None: self.listening.set()
 
     def start(self):
         "Start the websocket on the running loop, which becomes the channel's loop"

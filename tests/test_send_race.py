@@ -1,10 +1,10 @@
-"""The parked-receive race: jupyter_client's `Session.send` can leave the reader's parked receive asleep forever.
+"""The sleeping-reader race: a send on a socket can leave its reader asleep forever.
 
-With the reader parked on the shell socket, request A is sent, and the event loop is then held until A's reply is in
-the socket (a `select` on the socket's file descriptor, which only reads). Request B is sent through `Session.send`'s
-synchronous shadow socket, which consumes the edge A's reply had raised on that descriptor. Sent by jupyter_client's
-own `Session.send`, the reader never wakes, although A's reply is waiting in the socket; sent by `ConSession.send`,
-which re-arms the socket after sending, A's future resolves. The fix lives in the client's session only:
+With the reader waiting on the shell socket's file descriptor, request A is sent, and the event loop is then held
+until A's reply is in the socket (a `select` on the descriptor, which only reads). Request B is then sent
+synchronously on the same socket, which consumes the edge A's reply had raised on that descriptor. Sent by
+jupyter_client's own `Session.send` straight onto the socket, the reader never wakes, although A's reply is waiting
+in the socket; sent through the channel, which gives its reader a turn after each send, A's future resolves.
 jupyter_client's `Session` is left as it is, for every other client in the process."""
 import asyncio, select, time
 
@@ -28,6 +28,7 @@ async def reader_wakes(send_b) -> bool:
         try:
             sock = kc.shell_channel.socket
             a = kc.execute('a = 1', reply=True, timeout=None)
+            await asyncio.sleep(0) # one loop turn: the reader takes the turn A's send gave it, then waits on the descriptor
             # the loop does not run from here to the `await`, so only the socket can hold A's reply
             assert select.select([sock.FD], [], [], 10)[0], "A's reply never reached the socket"
             # libzmq processes pending commands in send() at most once a millisecond or so: let that window pass
@@ -51,17 +52,16 @@ def plain_send(kc):
 
 @pytest.mark.timeout(60)
 def test_plain_session_send_strands_the_reader():
-    """Pins a jupyter_client behaviour (`Session.send` sends through a synchronous shadow of an asyncio socket, which
-    consumes the edge a parked receive waits for), the reason `ConSession` exists; skipped once jupyter_client no
-    longer does that"""
+    """Pins a ZMQ behaviour (a synchronous send consumes the edge of the socket's descriptor that the reader waits
+    for), the reason a channel gives its reader a turn after each send; skipped once a bare send no longer does that"""
     if asyncio.run(reader_wakes(plain_send)):
-        pytest.skip("jupyter_client's Session.send no longer strands a receive parked on the socket: "
-                    "ConSession's re-arm may no longer be needed")
+        pytest.skip("jupyter_client's Session.send no longer strands the socket's reader: "
+                    "the channel's turn after each send may no longer be needed")
 
 
 @pytest.mark.timeout(60)
-def test_con_session_send_wakes_the_reader():
-    "The client's own send (`ConSession.send`, through `kc.execute`) wakes the parked reader"
+def test_the_channels_send_wakes_the_reader():
+    "The client's own send (through `kc.execute`, the channel's `_transmit`) wakes the reader"
     assert asyncio.run(reader_wakes(lambda kc: kc.execute('b = 2')))
 
 
