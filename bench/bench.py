@@ -52,11 +52,11 @@ from typing import Awaitable, Callable
 import zmq, zmq.asyncio
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.kernelspec import NoSuchKernel
-from jupyter_client.session import DELIM, Session
+from jupyter_client.session import DELIM, Session, has_orjson
 from traitlets import default
 
 import conkernelclient.requests # adds `request`, `create_subshell` and `delete_subshell` to ConKernelClient
-from conkernelclient.core import ConKernelClient, ConKernelManager, is_idle, unbounded_context
+from conkernelclient.core import ConKernelClient, ConKernelManager, ConSession, is_idle, unbounded_context
 from conkernelclient.remote import LocalServer, RemoteKernelManager
 from conkernelclient.stubkernel import StubKernelSpecManager, stub_spec
 
@@ -127,9 +127,9 @@ class PlainClient(AsyncKernelClient):
         self._created_context = True
         return unbounded_context()
 
-async def plain_client(km:ConKernelManager) -> PlainClient:
-    "A started `PlainClient` of `km`'s kernel, with a session of its own"
-    kc = PlainClient(session=Session(), parent=km)
+async def plain_client(km:ConKernelManager, packer:str|None=None) -> PlainClient:
+    "A started `PlainClient` of `km`'s kernel, with a session of its own (JSON library `packer`, default jupyter_client's)"
+    kc = PlainClient(session=Session(**({'packer': packer} if packer else {})), parent=km)
     kc.load_connection_info(km.get_connection_info()) # ports, key, scheme, and the curve keys of an encrypted kernel
     kc.start_channels()
     await kc.wait_for_ready(timeout=60)
@@ -207,8 +207,9 @@ class Limit:
         for sock in (self.shell, self.iopub): self.poller.register(sock, zmq.POLLIN)
         self.auth = hmac.new(info['key'], digestmod=hashlib.sha256)
         self.session, self.count = uuid.uuid4().hex, 0
-        self.content = json.dumps(dict(code=CODE, silent=False, store_history=True, user_expressions={}, allow_stdin=False,
-                                       stop_on_error=True)).encode()
+        self.pack, self.unpack = Session().pack, Session().unpack # the JSON library jupyter_client's clients use here
+        self.content = self.pack(dict(code=CODE, silent=False, store_history=True, user_expressions={}, allow_stdin=False,
+                                      stop_on_error=True))
 
     def sign(self, parts:list[bytes]) -> bytes:
         h = self.auth.copy()
@@ -221,8 +222,8 @@ class Limit:
         for _ in range(n):
             self.count += 1
             mid = f'{self.session}_{self.count}'
-            header = json.dumps(dict(msg_id=mid, msg_type='execute_request', username='limit', session=self.session,
-                                     date=datetime.now(timezone.utc).isoformat(), version='5.3')).encode()
+            header = self.pack(dict(msg_id=mid, msg_type='execute_request', username='limit', session=self.session,
+                                    date=datetime.now(timezone.utc).isoformat(), version='5.3'))
             parts = [header, b'{}', b'{}', self.content]
             self.shell.send_multipart([DELIM, self.sign(parts), *parts])
             sent.add(mid)
@@ -234,7 +235,7 @@ class Limit:
                 frames = sock.recv_multipart()
                 i = frames.index(DELIM)
                 if not hmac.compare_digest(frames[i + 1], self.sign(frames[i + 2:i + 6])): continue
-                parent = json.loads(frames[i + 3]).get('msg_id')
+                parent = self.unpack(frames[i + 3]).get('msg_id')
                 if sock is self.shell: ok += parent in sent
                 elif parent == mid and b'"idle"' in frames[i + 5]: idle = True
         return ok
@@ -501,6 +502,29 @@ async def _cancellable(km:ConKernelManager, name:str, plan:Plan) -> list[dict]:
             finally: await kc.astop_channels()
     return [dict(_row(name, CON, n, costs, ok), mode=MODES[c]) for (c, n), (costs, ok) in tally.items()]
 
+def _json_libraries() -> tuple[str,...]:
+    "The JSON libraries jupyter_client's `Session` can use here: the standard library's, and orjson if it is installed"
+    return ('json', 'orjson') if has_orjson else ('json',)
+
+async def _json(km:ConKernelManager, name:str, plan:Plan) -> list[dict]:
+    "The floor and ConKernelClient pipelined on kernel `name`, their sessions packing with each JSON library there is"
+    if len(_json_libraries()) < 2: return []
+    n, tally, proc = plan.kernel_batches[-1], {}, kernel_process(km)
+    runs = lambda key, work, kc: {key: (lambda k: work(kc, k), n, max(1, plan.kernel_requests // n))}
+    for _ in range(plan.repeats):
+        for lib in _json_libraries():
+            kc = await plain_client(km, lib)
+            try:
+                await floor(kc, 100); await drain(kc)
+                await _time_runs(runs((PLAIN, lib, n), floor, kc), proc, lambda: drain(kc), tally)
+            finally: kc.stop_channels()
+            kc = await km.client(session=ConSession(key=km.session.key, packer=lib)).start_channels()
+            try:
+                await pipelined(kc, 100); await settle(kc)
+                await _time_runs(runs((CON, lib, n), pipelined, kc), proc, lambda: settle(kc), tally)
+            finally: await kc.astop_channels()
+    return [dict(_row(name, client, k, costs, ok), json=lib) for (client, lib, k), (costs, ok) in tally.items()]
+
 WS, ZMQ = 'websocket', 'ZMQ, direct'
 WS_TRANSPORTS = (ZMQ, WS, f'{WS}, no QUICKACK')
 
@@ -549,12 +573,13 @@ async def bench_kernel(km:ConKernelManager, name:str, plan:Plan) -> dict:
                 encryption=[] if name == 'stub' else await _encryption(name, plan),
                 cancellable=[] if name == 'stub' else await _cancellable(km, name, plan),
                 loops=await _loops(km, name, plan),
+                json=await _json(km, name, plan),
                 websocket=await _websocket(name, plan) if name in ('stub', 'python3') else [])
 
 def _versions() -> dict:
     "Versions of Python and of the packages measured"
     out = {'python': platform.python_version()}
-    for pkg in ('conkernelclient', 'jupyter_client', 'pyzmq', 'ipykernel', 'async-kernel'):
+    for pkg in ('conkernelclient', 'jupyter_client', 'pyzmq', 'ipykernel', 'async-kernel', 'orjson', 'uvloop'):
         try: out[pkg] = version(pkg)
         except PackageNotFoundError: out[pkg] = None
     return out
@@ -593,7 +618,7 @@ def results(per_kernel:dict, plan:Plan, command:str=COMMAND) -> dict:
     meta = dict(command=command, date=datetime.now(timezone.utc).isoformat(timespec='seconds'), commit=_commit(),
                 machine=f'{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs', versions=_versions())
     return dict(meta=meta, plan=asdict(plan), targets=targets(per_kernel),
-                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'concurrency', 'encryption', 'cancellable', 'loops', 'websocket')})
+                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'concurrency', 'encryption', 'cancellable', 'loops', 'json', 'websocket')})
 
 KERNEL_NAMES = {'stub': 'stub kernel (client-bound)', 'python3': 'ipykernel', 'async': 'async-kernel'}
 
@@ -646,14 +671,16 @@ def _concurrency_md(rows:list[dict]) -> list[str]:
 _COLUMNS = {'cpu_us': 'client CPU µs/request', 'kernel_cpu_us': 'kernel CPU µs/request', 'wall_us': 'wall µs/request'}
 
 def _versus_md(rows:list[dict], series:str, title:str, base:str, columns:list[str], measure:str, against:str,
-               key:Callable|None=None) -> list[str]:
-    "A table of `rows` (sorted by `key`), each `measure` compared with the row of the same kernel and batch whose `series` is `base`"
-    body = []
+               key:Callable|None=None, clients:bool=False) -> list[str]:
+    """A table of `rows` (sorted by `key`), each `measure` compared with the row of the same kernel, client and batch whose
+    `series` is `base`; `clients`: show the client of each row"""
+    body, same = [], lambda r: (r['kernel'], r['client'], r['in_flight'])
     for r in sorted(rows, key=key) if key else rows:
-        ref = next(b for b in rows if (b['kernel'], b['in_flight'], b[series]) == (r['kernel'], r['in_flight'], base))
-        body.append([KERNEL_NAMES.get(r['kernel'], r['kernel']), r[series], _f(r['in_flight']), _f(r['requests_per_s']),
-                     *(_f(r[c]) for c in columns), _f(_ratio(r[measure], ref[measure]), '{:.2f}×')])
-    return _table(['kernel', title, 'in flight', 'requests/s', *(_COLUMNS[c] for c in columns), against], body)
+        ref = next(b for b in rows if same(b) == same(r) and b[series] == base)
+        body.append([KERNEL_NAMES.get(r['kernel'], r['kernel']), *([r['client']] if clients else []), r[series], _f(r['in_flight']),
+                     _f(r['requests_per_s']), *(_f(r[c]) for c in columns), _f(_ratio(r[measure], ref[measure]), '{:.2f}×')])
+    return _table(['kernel', *(['client'] if clients else []), title, 'in flight', 'requests/s', *(_COLUMNS[c] for c in columns),
+                   against], body)
 
 def _encryption_md(rows:list[dict]) -> list[str]:
     "The encryption table"
@@ -667,6 +694,11 @@ def _cancellable_md(rows:list[dict]) -> list[str]:
 def _loops_md(rows:list[dict]) -> list[str]:
     "The event-loop table"
     return _versus_md(rows, 'loop', 'event loop', LOOPS[0], ['wall_us', 'cpu_us'], 'cpu_us', 'client CPU vs asyncio')
+
+def _json_md(rows:list[dict]) -> list[str]:
+    "The JSON-library table"
+    return _versus_md(rows, 'json', 'JSON library', 'json', ['wall_us', 'cpu_us'], 'cpu_us', 'client CPU vs json',
+                      key=lambda r: (r['kernel'], r['client'] == CON), clients=True)
 
 def _websocket_md(rows:list[dict]) -> list[str]:
     "The websocket table"
@@ -706,6 +738,10 @@ def markdown(res:dict) -> str:
             '', '## Event loops', '', "ConKernelClient pipelined under asyncio's own event loop and under uvloop, each "
             'on a thread of its own with a client of its own, attached to the same kernel through its connection file.',
             '', *_loops_md(res['loops']),
+            '', '## JSON libraries', '', "The floor and ConKernelClient pipelined, their sessions packing and unpacking "
+            "with the standard library's `json` and with orjson (jupyter_client's `Session(packer=...)`; it picks orjson "
+            "by itself when orjson is installed, as the tables above did if the header's versions list it).", '',
+            *_json_md(res['json']),
             '', '## Remote kernels', '', 'ConKernelClient and one kernel started by a real Jupyter Server on loopback: '
             "`RemoteKernelClient` through the server's kernel websocket (v1 protocol), with and without `TCP_QUICKACK`, "
             'and `ConKernelClient` over ZMQ straight to the same kernel, through its connection file. The server runs '

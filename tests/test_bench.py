@@ -131,6 +131,14 @@ def test_event_loops(res):
     assert all(r['answered'] == r['sent'] > 0 and r['cpu_us'] > 0 for r in rows)
 
 
+def test_json_libraries(res):
+    "Every kernel has a row for the floor and one for ConKernelClient with each JSON library (orjson is in the dev extra)"
+    rows = res['json']
+    assert sorted((r['kernel'], r['client'], r['json']) for r in rows) == sorted(
+        (k, c, j) for k in KERNELS for c in ('jupyter_client', 'ConKernelClient') for j in ('json', 'orjson'))
+    assert all(r['answered'] == r['sent'] > 0 and r['cpu_us'] > 0 for r in rows)
+
+
 def test_websocket(res):
     "The stub kernel and ipykernel behind a real server: each transport at 1 and at the largest batch, every request answered"
     rows, n = res['websocket'], res['plan']['kernel_batches'][-1]
@@ -155,5 +163,5 @@ def test_markdown_and_plot(res, out):
         rows = [l for l in section.split('\n## ')[0].splitlines() if l.startswith('| ')]
         assert len(rows) - 1 == sum(r['kernel'] == kernel for r in res['throughput']) # less the header row
     for head in ('## Targets', '## Output collection', '## Memory', '## Concurrency', '## Encryption', '## Cancellable requests',
-                 '## Event loops', '## Remote kernels'): assert f'\n{head}\n' in md
+                 '## Event loops', '## JSON libraries', '## Remote kernels'): assert f'\n{head}\n' in md
     assert (out/'bench.png').read_bytes()[:4] == b'\x89PNG'

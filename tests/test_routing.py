@@ -5,7 +5,7 @@ import asyncio, logging, random, time
 
 import pytest
 
-from conkernelclient.core import RoutedChannel
+from conkernelclient.core import ConSession, RoutedChannel
 from kit import ask, assert_clean, check
 
 
@@ -157,4 +157,19 @@ async def test_out_of_order_replies(connect, gate):
         gate.open()
         assert (await busy)['parent_header']['msg_id'] == busy.msg_id
     finally: await control(kc, 'delete_subshell_request', subshell_id=sid)
+    assert_clean(kc)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize('packer', ['json', 'orjson'])
+async def test_each_json_library(connect, km, packer):
+    """The client's session packs and unpacks with the standard library's `json` or with orjson (jupyter_client picks
+    orjson by itself once installed, as the dev extra does): either way every reply reaches its request, whole"""
+    if packer == 'orjson': pytest.importorskip('orjson')
+    kc = await connect(session=ConSession(key=km.session.key, packer=packer))
+    assert (kc.session.packer, kc.shell_channel.session) == (packer, kc.session)
+    futs = [ask(kc, f'{i}*{i}') for i in range(50)]
+    for i, (fut, reply) in enumerate(zip(futs, await asyncio.gather(*futs))):
+        check(reply, fut, i*i)
+        assert reply['header']['date'].tzinfo is not None and reply['parent_header']['date'].tzinfo is not None
     assert_clean(kc)
