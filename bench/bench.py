@@ -424,6 +424,32 @@ async def _memory(km:ConKernelManager, plan:Plan) -> list[dict]:
         finally: kc.stop_channels()
     return out
 
+SEND_MODES = {'sent': {'window': None}, 'queued behind the window': {'window': 1}} # what each call does -> client traits
+
+async def held_loop(kc:ConKernelClient, n:int) -> float:
+    "Seconds the event loop is held by `n` calls of `execute(reply=True)` made at once, on a stub kernel that withholds replies"
+    await kc.execute('%stub hold', reply=True, timeout=60)
+    if kc.window is not None: kc.execute(CODE) # fills a window of 1: every call then waits behind it
+    start = time.perf_counter()
+    futs = [kc.execute(CODE, reply=True, timeout=60) for _ in range(n)]
+    held = time.perf_counter() - start
+    if kc.window is not None:
+        for f in futs: f.cancel() # dropped unsent from the backlog
+    await kc.request('execute', {'code': '%stub release'}, channel='control', timeout=60)
+    if kc.window is None: await asyncio.gather(*futs)
+    return held
+
+async def _send_path(km:ConKernelManager, plan:Plan) -> list[dict]:
+    "How long the loop is held per `execute(reply=True)` call, sending each request or queueing it behind the window"
+    times = {mode: [] for mode in SEND_MODES}
+    for _ in range(plan.repeats):
+        for mode, traits in SEND_MODES.items():
+            kc = await km.client(**traits).start_channels()
+            try: times[mode].append(await held_loop(kc, plan.held))
+            finally: await kc.astop_channels()
+    return [dict(mode=mode, calls=plan.held, held_ms=statistics.median(t) * 1e3, us_per_call=statistics.median(t) / plan.held * 1e6)
+            for mode, t in times.items()]
+
 async def _concurrency(km:ConKernelManager, name:str, plan:Plan) -> list[dict]:
     "Latency of a quick request while the main shell sleeps: one at a time with jupyter_client, on a subshell with ConKernelClient"
     kc = await km.client().start_channels()
@@ -569,6 +595,7 @@ async def bench_kernel(km:ConKernelManager, name:str, plan:Plan) -> dict:
     return dict(throughput=sorted(throughput, key=lambda r: (order[r['client']], r['in_flight'])),
                 outputs=sorted(outputs, key=lambda r: order[r['client']]),
                 memory=await _memory(km, plan) if name == 'stub' else [],
+                send_path=await _send_path(km, plan) if name == 'stub' else [],
                 concurrency=await _concurrency(km, name, plan),
                 encryption=[] if name == 'stub' else await _encryption(name, plan),
                 cancellable=[] if name == 'stub' else await _cancellable(km, name, plan),
@@ -607,10 +634,12 @@ def targets(per_kernel:dict) -> list[dict]:
     outs_ratio = [_ratio(c['cpu_us'], p['cpu_us']) for c in outs if c['client'] == CON
                   for p in outs if p['client'] == PLAIN and p['cell'] == c['cell']]
     heap = next((m['bytes_per_request'] for m in stub.get('memory', []) if m['window'] == 500 and m['timeout'] == 60), None)
+    held = {r['mode']: r['us_per_call'] for r in stub.get('send_path', [])}
     return [_target("client CPU per request, 1,000 pipelined, vs the floor", _ratio(_cpu_of(rows, CON, 1000), _cpu_of(rows, PLAIN, 1000)), 0.5),
             _target("client CPU per request, 1,000 pipelined, vs the synchronous limit", _ratio(_cpu_of(rows, CON, 1000), _cpu_of(rows, LIMIT, 1000)), 2.0),
             _target(f"client CPU per request, {most:,} vs 100 in flight", _ratio(_cpu_of(rows, CON, most), _cpu_of(rows, CON, 100)), 1.1),
             _target("heap per outstanding request", heap, 400, 'bytes'),
+            _target("event loop held per execute call, queued behind the window vs sent", _ratio(held.get('queued behind the window'), held.get('sent')), 1.0),
             _target("client CPU per output collection, vs the floor (worse cell)", max(outs_ratio, default=None), 1.1)]
 
 def results(per_kernel:dict, plan:Plan, command:str=COMMAND) -> dict:
@@ -618,7 +647,7 @@ def results(per_kernel:dict, plan:Plan, command:str=COMMAND) -> dict:
     meta = dict(command=command, date=datetime.now(timezone.utc).isoformat(timespec='seconds'), commit=_commit(),
                 machine=f'{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs', versions=_versions())
     return dict(meta=meta, plan=asdict(plan), targets=targets(per_kernel),
-                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'concurrency', 'encryption', 'cancellable', 'loops', 'json', 'websocket')})
+                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'send_path', 'concurrency', 'encryption', 'cancellable', 'loops', 'json', 'websocket')})
 
 KERNEL_NAMES = {'stub': 'stub kernel (client-bound)', 'python3': 'ipykernel', 'async': 'async-kernel'}
 
@@ -661,6 +690,13 @@ def _memory_md(mems:list[dict]) -> list[str]:
     return _table(['in flight', 'window', 'timeout', 'bytes/request', 'largest allocation sites (bytes/request)'],
                   [[_f(m['in_flight']), _f(m['window']), _f(m['timeout'], '{} s'), _f(m['bytes_per_request']),
                     ', '.join(f"{s['site']} {s['bytes']:.0f}" for s in m['sites'])] for m in mems])
+
+def _send_path_md(rows:list[dict]) -> list[str]:
+    "The send-path table"
+    sent = next(r['us_per_call'] for r in rows if r['mode'] == 'sent')
+    return _table(['each request is', 'calls at once', 'event loop held ms', 'µs per call', 'vs sent'],
+                  [[r['mode'], _f(r['calls']), _f(r['held_ms'], '{:,.1f}'), _f(r['us_per_call'], '{:,.1f}'),
+                    _f(_ratio(r['us_per_call'], sent), '{:.2f}×')] for r in rows])
 
 def _concurrency_md(rows:list[dict]) -> list[str]:
     "The concurrency table"
@@ -725,6 +761,9 @@ def markdown(res:dict) -> str:
             'reads iopub until its `idle`, ConKernelClient follows it with `Router.follow`.', '', *_outputs_md(res['outputs']),
             '', '## Memory', '', 'Python heap (tracemalloc) held in the client per outstanding request, while the stub kernel '
             'withholds every reply; requests past the shell `window` wait, unsent, in the client.', '', *_memory_md(res['memory']),
+            '', '## Send path', '', 'How long `execute(reply=True)` calls made at once, in a plain loop, hold the event loop, '
+            'while the stub kernel withholds every reply: each request sent (no `window`), or each queued in the client '
+            'behind a full window of 1.', '', *_send_path_md(res['send_path']),
             '', '## Concurrency', '', 'Time until `1+1` returns, wanted while the main shell runs a cell that sleeps.', '',
             *_concurrency_md(res['concurrency']),
             '', '## Encryption', '', 'ConKernelClient pipelined on the same kernel spec started twice: over plain TCP '

@@ -131,6 +131,13 @@ def test_event_loops(res):
     assert all(r['answered'] == r['sent'] > 0 and r['cpu_us'] > 0 for r in rows)
 
 
+def test_send_path(res):
+    "The stub kernel's send path: the loop held by the memory plan's number of calls, sent and queued"
+    rows = res['send_path']
+    assert [(r['mode'], r['calls']) for r in rows] == [(m, res['plan']['held']) for m in ('sent', 'queued behind the window')]
+    assert all(r['held_ms'] > 0 and r['us_per_call'] > 0 for r in rows)
+
+
 def test_json_libraries(res):
     "Every kernel has a row for the floor and one for ConKernelClient with each JSON library (orjson is in the dev extra)"
     rows = res['json']
@@ -148,8 +155,8 @@ def test_websocket(res):
 
 
 def test_targets(res):
-    "All five targets have a value and a verdict (whatever it is)"
-    assert [t['unit'] for t in res['targets']] == ['×', '×', '×', 'bytes', '×']
+    "All six targets have a value and a verdict (whatever it is)"
+    assert [t['unit'] for t in res['targets']] == ['×', '×', '×', 'bytes', '×', '×']
     assert all(t['value'] > 0 and t['met'] in (True, False) for t in res['targets'])
 
 
@@ -162,6 +169,6 @@ def test_markdown_and_plot(res, out):
         section = next(s for s in sections if s.startswith(title + '\n'))
         rows = [l for l in section.split('\n## ')[0].splitlines() if l.startswith('| ')]
         assert len(rows) - 1 == sum(r['kernel'] == kernel for r in res['throughput']) # less the header row
-    for head in ('## Targets', '## Output collection', '## Memory', '## Concurrency', '## Encryption', '## Cancellable requests',
+    for head in ('## Targets', '## Output collection', '## Memory', '## Send path', '## Concurrency', '## Encryption', '## Cancellable requests',
                  '## Event loops', '## JSON libraries', '## Remote kernels'): assert f'\n{head}\n' in md
     assert (out/'bench.png').read_bytes()[:4] == b'\x89PNG'
