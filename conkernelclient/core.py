@@ -572,7 +572,24 @@ def _room(self:RoutedChannel, key:str|None, mid:str) -> bool:
 class _Queued:
     "A request waiting in the backlog, compacted: its msg_id, its type and its packed content"
     __slots__ = ('msg_id', 'msg_type', 'content')
-    def __init__(self, msg_id:str, msg_type:str, content:bytes): self.msg_id,self.msg_type,self.content = msg_id,msg_type,content
+    def __init__(self, msg_id:str, msg_type:str, content:bytes|str): self.msg_id,self.msg_type,self.content = msg_id,msg_type,content
+    def body(self) -> bytes|dict: return self.content
+
+_FLAGS = ('silent', 'store_history', 'allow_stdin', 'stop_on_error') # an execute_request's yes/no options, one bit each
+
+class _QueuedCode(_Queued):
+    "An `execute_request` with no user expressions waiting in the backlog, more compact still: its code and four bits"
+    __slots__ = ('flags',)
+    def __init__(self, msg_id:str, content:dict):
+        super().__init__(msg_id, 'execute_request', content['code'])
+        self.flags = sum(content[k] << i for i, k in enumerate(_FLAGS))
+    def body(self) -> dict:
+        return dict(code=self.content, user_expressions={}, **{k: bool(self.flags >> i & 1) for i, k in enumerate(_FLAGS)})
+
+def _plain_code(content:dict) -> bool:
+    "Is `content` an execute_request's that `_QueuedCode` keeps whole: its code, four yes/no options, no user expressions?"
+    return (content.keys() == {'code', 'user_expressions', *_FLAGS} and type(content['code']) is str
+            and content['user_expressions'] == {} and all(type(content[k]) is bool for k in _FLAGS))
 
 _HEADER_KEYS = {'msg_id', 'msg_type', 'username', 'session', 'date', 'version', 'subshell_id'}
 
@@ -582,7 +599,9 @@ def _queued(self:RoutedChannel, msg:dict) -> _Queued|dict:
     h, s = msg['header'], self.session
     if (msg['parent_header'] or msg['metadata'] or msg.get('buffers') or not h.keys() <= _HEADER_KEYS
         or (h.get('username'), h.get('session'), h.get('version')) != (s.username, s.session, protocol_version)): return msg
-    return _Queued(h['msg_id'], h['msg_type'], bytes(memoryview(s.pack(msg['content'])))) # a copy of its own size, see below
+    c = msg['content']
+    if h['msg_type'] == 'execute_request' and type(c) is dict and _plain_code(c): return _QueuedCode(h['msg_id'], c)
+    return _Queued(h['msg_id'], h['msg_type'], bytes(memoryview(s.pack(c)))) # a copy of its own size, see below
 
 @patch
 def _unqueued(self:RoutedChannel, item:_Queued|dict, key:str|None) -> dict:
@@ -590,7 +609,7 @@ def _unqueued(self:RoutedChannel, item:_Queued|dict, key:str|None) -> dict:
     if isinstance(item, dict): return item
     header = msg_header(item.msg_id, item.msg_type, self.session.username, self.session.session)
     if key is not None: header['subshell_id'] = key
-    return dict(header=header, msg_id=item.msg_id, msg_type=item.msg_type, parent_header={}, metadata={}, content=item.content)
+    return dict(header=header, msg_id=item.msg_id, msg_type=item.msg_type, parent_header={}, metadata={}, content=item.body())
 
 def _mid_of(item:_Queued|dict) -> str:
     "The msg_id of backlog item `item`"
