@@ -7,6 +7,7 @@ Docs: https://conkernelclient.github.io/conkernelclient/core.html.md"""
 # %% ../nbs/00_core.ipynb #c08a8f4e
 from __future__ import annotations
 import asyncio, contextvars, itertools, logging, math, os, time, weakref
+from types import SimpleNamespace
 from collections import deque
 from datetime import datetime
 from hmac import compare_digest
@@ -79,6 +80,14 @@ class InterruptUnsupportedError(CancelError):
 # %% ../nbs/00_core.ipynb #8d871267
 class ConSession(Session):
     "A `Session` whose sends are lean and whose `deserialize` is fast"
+    def __init__(self, **kwargs):
+        self.hot = SimpleNamespace() # the traits read for every message, as plain attributes (`_hot_changed`)
+        super().__init__(**kwargs)
+        for name in _HOT: setattr(self.hot, name, getattr(self, name))
+
+    @observe('auth', 'pack', 'unpack', 'digest_history', 'digest_history_size')
+    def _hot_changed(self, change): setattr(self.hot, change['name'], change['new'])
+
     @classmethod
     def of(cls, session:Session) -> ConSession:
         "`session` itself if it is a `ConSession`, else a `ConSession` with the same settings, identity and key"
@@ -88,6 +97,7 @@ class ConSession(Session):
         return new
 
 # %% ../nbs/00_core.ipynb #387a3d20
+_HOT = ('auth', 'pack', 'unpack', 'digest_history', 'digest_history_size') # what `ConSession.hot` keeps
 _SNDMORE = int(zmq.SNDMORE) # a plain int: pyzmq's flag enums cost more than the send
 _send_frame = _BackendSocket.send # the send of pyzmq's socket class itself, under its Python wrapper
 
@@ -106,7 +116,7 @@ def _plain(self:ConSession, msg) -> bool:
 @patch
 def _send_plain(self:ConSession, sock:zmq.Socket, msg:dict) -> dict:
     "Send plain message `msg` on `sock`: the frames `serialize` makes, each through the socket's own `send`"
-    pack, content = self.pack, msg['content']
+    pack, content = self.hot.pack, msg['content']
     parts = [pack(msg['header']), pack(msg['parent_header']), pack(msg['metadata']),
              content if isinstance(content, bytes) else pack(content)]
     send = _send_frame
@@ -118,7 +128,7 @@ def _send_plain(self:ConSession, sock:zmq.Socket, msg:dict) -> dict:
 @patch
 def sign(self:ConSession, msg_list:list[bytes]) -> bytes:
     "`Session.sign` in one pass: the HMAC of the parts joined, which is the HMAC of the parts fed one by one"
-    auth = self.auth
+    auth = self.hot.auth
     if auth is None: return b''
     h = auth.copy()
     h.update(b''.join(msg_list))
@@ -145,11 +155,14 @@ class SignatureError(ValueError):
 @patch
 def check(self:ConSession, frames:list[bytes]) -> list[bytes]:
     "`frames` (a message after its delimiter), checked as `Session.deserialize` checks them: signed, new, valid, whole"
-    if self.auth is not None:
+    hot = self.hot
+    if hot.auth is not None:
         sig = frames[0]
         if not sig: raise ValueError("Unsigned Message")
-        if sig in self.digest_history: raise ValueError(f"Duplicate Signature: {sig!r}")
-        self._add_digest(sig)
+        if sig in hot.digest_history: raise ValueError(f"Duplicate Signature: {sig!r}")
+        if hot.digest_history_size: # `Session._add_digest`
+            hot.digest_history.add(sig)
+            if len(hot.digest_history) > hot.digest_history_size: self._cull_digest_history()
         if not compare_digest(sig, self.sign(frames[1:5])): raise SignatureError(sig)
     if len(frames) < 5: raise TypeError("malformed message, must have at least 5 elements")
     return frames
@@ -157,10 +170,11 @@ def check(self:ConSession, frames:list[bytes]) -> list[bytes]:
 @patch
 def unpack_frames(self:ConSession, frames:list[bytes], parent:dict|None=None) -> dict:
     "The message dict of `check`ed frames, as `deserialize` makes it; `parent`: the parent header, if already unpacked"
-    header = _dates(self.unpack(frames[1]))
+    unpack = self.hot.unpack
+    header = _dates(unpack(frames[1]))
     return adapt(dict(header=header, msg_id=header['msg_id'], msg_type=header['msg_type'],
-                      parent_header=_dates(self.unpack(frames[2]) if parent is None else parent),
-                      metadata=self.unpack(frames[3]), content=self.unpack(frames[4]),
+                      parent_header=_dates(unpack(frames[2]) if parent is None else parent),
+                      metadata=unpack(frames[3]), content=unpack(frames[4]),
                       buffers=[memoryview(b) for b in frames[5:]]))
 
 @patch
@@ -513,7 +527,7 @@ def _route(self:RoutedChannel, parts:list[bytes]):
     "Check one multipart message and deliver it, or keep it undecoded if nobody claims it; log and skip what cannot be read"
     try:
         frames = self.session.check(parts[parts.index(DELIM) + 1:])
-        parent = self.session.unpack(frames[2])
+        parent = self.session.hot.unpack(frames[2])
         mid = parent.get('msg_id')
         if not (mid is None or isinstance(mid, str)): raise TypeError(f"parent msg_id is a {type(mid).__name__}")
         if mid is None and self.session.unpack(frames[1]).get('msg_type') == 'iopub_welcome': return
@@ -576,6 +590,8 @@ class _Queued:
     def body(self) -> bytes|dict: return self.content
 
 _FLAGS = ('silent', 'store_history', 'allow_stdin', 'stop_on_error') # an execute_request's yes/no options, one bit each
+_FLAG_SETS = [{k: bool(n >> i & 1) for i, k in enumerate(_FLAGS)} for n in range(2 ** len(_FLAGS))] # by their bits
+_CODE_KEYS = {'code', 'user_expressions', *_FLAGS}
 
 class _QueuedCode(_Queued):
     "An `execute_request` with no user expressions waiting in the backlog, more compact still: its code and four bits"
@@ -584,11 +600,11 @@ class _QueuedCode(_Queued):
         super().__init__(msg_id, 'execute_request', content['code'])
         self.flags = sum(content[k] << i for i, k in enumerate(_FLAGS))
     def body(self) -> dict:
-        return dict(code=self.content, user_expressions={}, **{k: bool(self.flags >> i & 1) for i, k in enumerate(_FLAGS)})
+        return dict(_FLAG_SETS[self.flags], code=self.content, user_expressions={})
 
 def _plain_code(content:dict) -> bool:
     "Is `content` an execute_request's that `_QueuedCode` keeps whole: its code, four yes/no options, no user expressions?"
-    return (content.keys() == {'code', 'user_expressions', *_FLAGS} and type(content['code']) is str
+    return (content.keys() == _CODE_KEYS and type(content['code']) is str
             and content['user_expressions'] == {} and all(type(content[k]) is bool for k in _FLAGS))
 
 _HEADER_KEYS = {'msg_id', 'msg_type', 'username', 'session', 'date', 'version', 'subshell_id'}
