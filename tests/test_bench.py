@@ -39,10 +39,11 @@ def test_row_and_targets(monkeypatch):
     fake = dict(throughput=[dict(client=PLAIN, in_flight=1000, cpu_us=100), dict(client=CON, in_flight=1000, cpu_us=150),
                             dict(client=CON, in_flight=100, cpu_us=140), dict(client='synchronous limit', in_flight=1000, cpu_us=50)],
                 outputs=[dict(client=PLAIN, cell='x', cpu_us=10), dict(client=CON, cell='x', cpu_us=9)],
-                memory=[dict(window=500, timeout=60, bytes_per_request=400)])
+                memory=[dict(window=500, timeout=60, bytes_per_request=400)],
+                send_path=[dict(mode='sent', us_per_call=40), dict(mode='queued behind the window', us_per_call=50)])
     assert [(round(t['value'], 2), t['met']) for t in b.targets({'stub': fake})] == [
-        (1.5, False), (3.0, False), (1.07, True), (400, True), (0.9, True)]
-    assert [t['met'] for t in b.targets({'python3': fake})] == [None] * 5
+        (1.5, False), (3.0, False), (1.07, True), (400, True), (1.25, False), (0.9, True)]
+    assert [t['met'] for t in b.targets({'python3': fake})] == [None] * 6
 
 
 def test_help():
