@@ -16,6 +16,7 @@ from typing import Awaitable, Callable, Iterable, Iterator
 from queue import Empty
 
 import zmq, zmq.asyncio
+from zmq.asyncio import _get_selector
 from fastcore.basics import patch
 from jupyter_client.adapter import adapt
 from jupyter_client.asynchronous.client import AsyncKernelClient
@@ -472,7 +473,7 @@ def _watch(self:RoutedChannel):
     "Have the loop call the reader, `_ready`, whenever the socket's descriptor signals, and once now"
     self.sync = zmq.Socket.shadow(self.socket.underlying)
     self.watched = self.sync.FD
-    self.loop.add_reader(self.watched, self._ready)
+    _get_selector(self.loop).add_reader(self.watched, self._ready)
     self._soon() # what came before the loop watched the descriptor signalled no one
     self.listening.set()
 
@@ -485,7 +486,7 @@ def _soon(self:RoutedChannel):
 def _unwatch(self:RoutedChannel):
     "Stop the reader: the loop no longer watches the socket's descriptor"
     if self.again is not None: self.again.cancel()
-    if self.watched is not None and not self.loop.is_closed(): self.loop.remove_reader(self.watched)
+    if self.watched is not None and not self.loop.is_closed(): _get_selector(self.loop).remove_reader(self.watched)
     self.again = self.watched = None
 
 # %% ../nbs/00_core.ipynb #d26a00c8
