@@ -248,9 +248,11 @@ async def test_interrupt_through_the_manager(remote):
     "km.interrupt_kernel() (REST) stops the running cell with KeyboardInterrupt; the kernel then runs the next one"
     km = await remote.kernel()
     kc = await remote.client(km)
-    sleeping = kc.execute('import time; time.sleep(60)', reply=True, timeout=None, stop_on_error=False)
+    sleeping = kc.execute("import time; print('asleep', flush=True); time.sleep(60)", reply=True, timeout=None,
+                          stop_on_error=False)
     after = ask(kc, '6*7')
-    await running(kc, sleeping)
+    # its output, not its execute_input: ipykernel can lose a SIGINT that lands before the code runs, reply and all
+    await running(kc, sleeping, 'stream')
     await km.interrupt_kernel()
     assert (await sleeping)['content']['ename'] == 'KeyboardInterrupt'
     check(await after, after, 42)
