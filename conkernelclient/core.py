@@ -79,6 +79,8 @@ class InterruptUnsupportedError(CancelError):
     "There is no way to interrupt the kernel: it has no manager here and does not answer `interrupt_request`"
 
 # %% ../nbs/00_core.ipynb #8d871267
+_HOT = ('auth', 'pack', 'unpack', 'digest_history') # what `ConSession.hot` keeps
+
 class ConSession(Session):
     "A `Session` whose sends are lean and whose `deserialize` is fast"
     def __init__(self, **kwargs):
@@ -86,7 +88,7 @@ class ConSession(Session):
         super().__init__(**kwargs)
         for name in _HOT: setattr(self.hot, name, getattr(self, name))
 
-    @observe('auth', 'pack', 'unpack', 'digest_history', 'digest_history_size')
+    @observe(*_HOT)
     def _hot_changed(self, change): setattr(self.hot, change['name'], change['new'])
 
     @classmethod
@@ -98,7 +100,6 @@ class ConSession(Session):
         return new
 
 # %% ../nbs/00_core.ipynb #387a3d20
-_HOT = ('auth', 'pack', 'unpack', 'digest_history', 'digest_history_size') # what `ConSession.hot` keeps
 _SNDMORE = int(zmq.SNDMORE) # a plain int: pyzmq's flag enums cost more than the send
 _send_frame = _BackendSocket.send # the send of pyzmq's socket class itself, under its Python wrapper
 
@@ -161,9 +162,7 @@ def check(self:ConSession, frames:list[bytes]) -> list[bytes]:
         sig = frames[0]
         if not sig: raise ValueError("Unsigned Message")
         if sig in hot.digest_history: raise ValueError(f"Duplicate Signature: {sig!r}")
-        if hot.digest_history_size: # `Session._add_digest`
-            hot.digest_history.add(sig)
-            if len(hot.digest_history) > hot.digest_history_size: self._cull_digest_history()
+        self._add_digest(sig)
         if not compare_digest(sig, self.sign(frames[1:5])): raise SignatureError(sig)
     if len(frames) < 5: raise TypeError("malformed message, must have at least 5 elements")
     return frames
