@@ -19,6 +19,7 @@ import zmq, zmq.asyncio
 from zmq.asyncio import _get_selector
 from fastcore.basics import patch
 from jupyter_client.adapter import adapt
+from jupyter_client._version import protocol_version_info
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.channels import AsyncZMQSocketChannel
 from jupyter_client.ioloop import AsyncIOLoopKernelManager
@@ -79,7 +80,7 @@ class InterruptUnsupportedError(CancelError):
     "There is no way to interrupt the kernel: it has no manager here and does not answer `interrupt_request`"
 
 # %% ../nbs/00_core.ipynb #8d871267
-_HOT = ('auth', 'pack', 'unpack', 'digest_history') # what `ConSession.hot` keeps
+_HOT = ('auth', 'pack', 'unpack') # what `ConSession.hot` keeps: traits whose every new value is a new object
 
 class ConSession(Session):
     "A `Session` whose sends are lean and whose `deserialize` is fast"
@@ -141,12 +142,21 @@ def _dates(obj:dict) -> dict:
     "`extract_dates` of a header dict, in place: its ISO 8601 strings become aware datetimes"
     for k, v in obj.items():
         if isinstance(v, str):
-            if not ISO8601_PAT.match(v): continue
+            if v[10:11] != 'T' or not ISO8601_PAT.match(v): continue # the pattern needs a `T` there: a cheap first test
             try: dt = datetime.fromisoformat(v)
             except ValueError: dt = None
             obj[k] = dt if dt is not None and dt.tzinfo is not None else parse_date(v)
         elif isinstance(v, (dict, list, tuple)): obj[k] = extract_dates(v)
     return obj
+
+_MAJOR = str(protocol_version_info[0])
+
+def _adapt(msg:dict) -> dict:
+    "`adapt`, skipped for what it returns unchanged: a dated message of the client's own major protocol version"
+    h = msg['header']
+    v = h.get('version')
+    if 'date' in h and type(v) is str and v.split('.', 1)[0] == _MAJOR: return msg
+    return adapt(msg)
 
 # %% ../nbs/00_core.ipynb #15cf9621
 class SignatureError(ValueError):
@@ -161,7 +171,7 @@ def check(self:ConSession, frames:list[bytes]) -> list[bytes]:
     if hot.auth is not None:
         sig = frames[0]
         if not sig: raise ValueError("Unsigned Message")
-        if sig in hot.digest_history: raise ValueError(f"Duplicate Signature: {sig!r}")
+        if sig in self.digest_history: raise ValueError(f"Duplicate Signature: {sig!r}")
         self._add_digest(sig)
         if not compare_digest(sig, self.sign(frames[1:5])): raise SignatureError(sig)
     if len(frames) < 5: raise TypeError("malformed message, must have at least 5 elements")
@@ -172,10 +182,10 @@ def unpack_frames(self:ConSession, frames:list[bytes], parent:dict|None=None) ->
     "The message dict of `check`ed frames, as `deserialize` makes it; `parent`: the parent header, if already unpacked"
     unpack = self.hot.unpack
     header = _dates(unpack(frames[1]))
-    return adapt(dict(header=header, msg_id=header['msg_id'], msg_type=header['msg_type'],
-                      parent_header=_dates(unpack(frames[2]) if parent is None else parent),
-                      metadata=unpack(frames[3]), content=unpack(frames[4]),
-                      buffers=[memoryview(b) for b in frames[5:]]))
+    return _adapt(dict(header=header, msg_id=header['msg_id'], msg_type=header['msg_type'],
+                       parent_header=_dates(unpack(frames[2]) if parent is None else parent),
+                       metadata=unpack(frames[3]), content=unpack(frames[4]),
+                       buffers=[memoryview(b) for b in frames[5:]]))
 
 @patch
 def deserialize(self:ConSession, msg_list:list, content:bool=True, copy:bool=True) -> dict:
@@ -222,9 +232,10 @@ def _open(self:Inbox, entry:tuple) -> dict|None:
     except Exception as e: log.warning("skipped an unreadable message: %r", e)
 
 @patch
-def __iter__(self:Inbox):
-    "The messages kept, oldest first, decoded but not taken"
-    return (m for m in map(self._open, list(self.msgs)) if m is not None)
+def __iter__(self:Inbox) -> Iterator[dict]:
+    "The messages kept, oldest first, decoded but not taken: they stay, decoded, and those that cannot be are dropped"
+    self.msgs = deque((e[0], m) for e in self.msgs if (m := self._open(e)) is not None)
+    return (m for _, m in list(self.msgs))
 
 @patch
 def clear(self:Inbox):
@@ -441,7 +452,8 @@ class RoutedChannel(AsyncZMQSocketChannel):
     def __init__(self, socket:zmq.asyncio.Socket|None, session:Session, loop=None):
         "`socket`: the ZMQ socket it reads, or None on a transport that brings the frames itself (see `_route`)"
         self.socket, self.session = socket, ConSession.of(session) # all that jupyter_client's channel keeps
-        self.inbox = Inbox(decode=self.session.unpack_frames)
+        self.inbox = Inbox(decode=self._decode)
+        self.lazy = False # check a message nobody claims when it is read, not when it comes (iopub: see `_route`)
         self.router = Router(self.inbox)
         self.teardown:Callable[[ConKernelError],None] = self.close # what a reader that stops by itself calls
         self.burst = 50
@@ -522,16 +534,37 @@ def _ready(self:RoutedChannel):
         self.teardown(ChannelsClosedError(f"a channel's reader failed: {e!r}"))
 
 # %% ../nbs/00_core.ipynb #7477e864
+def _parent_of(frames:list[bytes], unpack:Callable[[bytes],object]) -> tuple[object,str|None]:
+    "The parent header of unchecked `frames`, unpacked, and its msg_id if it is a string; (None, None) if unreadable"
+    try: parent = unpack(frames[2])
+    except Exception: return None, None
+    mid = parent.get('msg_id') if type(parent) is dict else None
+    return parent, mid if type(mid) is str else None
+
+@patch
+def _claimed(self:RoutedChannel, mid:str|None) -> bool:
+    "Is a message whose parent is request `mid` wanted at once: by a request, a follower, or to free a window slot?"
+    return mid in self.unanswered or self.router.claims(mid)
+
+@patch
+def _decode(self:RoutedChannel, frames:list[bytes]) -> dict:
+    "The message of `frames` the inbox kept: checked now on a `lazy` channel, whose inbox keeps them unchecked"
+    return self.session.deserialize(frames) if self.lazy else self.session.unpack_frames(frames)
+
 @patch
 def _route(self:RoutedChannel, parts:list[bytes]):
-    "Check one multipart message and deliver it, or keep it undecoded if nobody claims it; log and skip what cannot be read"
+    "Check one multipart message and deliver it, or keep it unchecked if nobody claims it; log and skip what cannot be read"
     try:
-        frames = self.session.check(parts[parts.index(DELIM) + 1:])
-        parent = self.session.hot.unpack(frames[2])
+        frames = parts[parts.index(DELIM) + 1:]
+        parent, mid = _parent_of(frames, self.session.hot.unpack)
+        if self.lazy and mid is not None and not self._claimed(mid):
+            return self.inbox.put_frames(mid, frames) # checked if it is ever read
+        self.session.check(frames)
+        if parent is None: parent = self.session.hot.unpack(frames[2])
         mid = parent.get('msg_id')
         if not (mid is None or isinstance(mid, str)): raise TypeError(f"parent msg_id is a {type(mid).__name__}")
         if mid is None and self.session.unpack(frames[1]).get('msg_type') == 'iopub_welcome': return
-        msg = self.session.unpack_frames(frames, parent) if mid in self.unanswered or self.router.claims(mid) else None
+        msg = self.session.unpack_frames(frames, parent) if self.lazy or self._claimed(mid) else None # (a lazy inbox's frames are unchecked)
     except Exception as e:
         if isinstance(e, SignatureError): self.forged = e
         log.warning("skipped an unreadable message: %r", e)
@@ -816,6 +849,7 @@ def _owned(name:str) -> property:
             setattr(self, attr, ch)
             ch.teardown = self._close # a reader that stops by itself stops the whole client
             if name == 'shell': ch.window = self.window
+            if name == 'iopub': ch.lazy = True
         return ch
     return property(get, doc=f"The {name} channel: a `RoutedChannel` that belongs to this client")
 
