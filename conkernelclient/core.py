@@ -80,17 +80,21 @@ class InterruptUnsupportedError(CancelError):
     "There is no way to interrupt the kernel: it has no manager here and does not answer `interrupt_request`"
 
 # %% ../nbs/00_core.ipynb #8d871267
-_HOT = ('auth', 'pack', 'unpack') # what `ConSession.hot` keeps: traits whose every new value is a new object
+_HOT = ('auth', 'pack', 'unpack', 'adapt_version', 'check_pid', 'pid') # the traits `ConSession.hot` keeps
 
 class ConSession(Session):
     "A `Session` whose sends are lean and whose `deserialize` is fast"
     def __init__(self, **kwargs):
         self.hot = SimpleNamespace() # the traits read for every message, as plain attributes (`_hot_changed`)
         super().__init__(**kwargs)
-        for name in _HOT: setattr(self.hot, name, getattr(self, name))
+        for name in _HOT: self._keep(name, getattr(self, name))
 
     @observe(*_HOT)
-    def _hot_changed(self, change): setattr(self.hot, change['name'], change['new'])
+    def _hot_changed(self, change): self._keep(change['name'], change['new'])
+
+    def _keep(self, name:str, value):
+        "Keep trait `name`'s `value` in `hot`; of the key's HMAC, OpenSSL's own object inside it if there is one: it copies faster"
+        setattr(self.hot, name, getattr(value, '_hmac', None) or value if name == 'auth' and value is not None else value)
 
     @classmethod
     def of(cls, session:Session) -> ConSession:
@@ -114,7 +118,7 @@ def send(self:ConSession, stream, msg_or_type, *args, **kwargs):
 def _plain(self:ConSession, msg) -> bool:
     "Is `msg` a message `_send_plain` sends exactly as `Session.send` would?"
     return (type(msg) is dict and not msg.get('buffers') and isinstance(msg.get('content'), (dict, bytes))
-            and not self.adapt_version and not (self.check_pid and os.getpid() != self.pid))
+            and not self.hot.adapt_version and not (self.hot.check_pid and os.getpid() != self.hot.pid))
 
 @patch
 def _send_plain(self:ConSession, sock:zmq.Socket, msg:dict) -> dict:
@@ -301,14 +305,22 @@ class Router:
         self.timer:asyncio.TimerHandle|None = None # the one timer of the table: it fires at the earliest deadline
         self.resolution = 0.01 # seconds: timeouts fire at most this late, so expiring many costs few sweeps
         self.last_deadline = 0.0
-        self.settle = self._settle # one bound method for every request's done-callback
 
     def __len__(self): return len(self.pending)
 
 # %% ../nbs/00_core.ipynb #4b3f258c
 class ReplyFuture(asyncio.Future):
-    "The future of one request's reply; `msg_id` is the request's own"
-    __slots__ = ('msg_id', 'timeout', 'deadline') # slots, not a closure per request: less memory each
+    "The future of one request's reply, `msg_id`, in `router`'s table: failed or cancelled, it leaves the table at once"
+    __slots__ = ('msg_id', 'timeout', 'deadline', 'router') # slots, not a closure per request: less memory each
+
+    def cancel(self, msg=None) -> bool:
+        if not super().cancel(msg): return False
+        self.router._settle(self)
+        return True
+
+    def set_exception(self, exc):
+        super().set_exception(exc)
+        self.router._settle(self)
 
 # %% ../nbs/00_core.ipynb #51bf7f75
 @patch
@@ -320,10 +332,9 @@ def expect(self:Router, mid:str,
     if timeout is not None and timeout < 0: raise ValueError(f"timeout must be >= 0 or None, not {timeout}")
     loop = asyncio.get_running_loop()
     fut = self.pending[mid] = ReplyFuture(loop=loop)
-    fut.msg_id, fut.timeout = mid, timeout
+    fut.msg_id, fut.timeout, fut.router = mid, timeout, self
     fut.deadline = None if timeout is None else self._deadline(loop.time() + timeout)
     if fut.deadline is not None and (self.timer is None or fut.deadline < self.timer.when()): self._arm(fut.deadline)
-    fut.add_done_callback(self.settle, context=self.context)
     return fut
 
 # %% ../nbs/00_core.ipynb #60edb3d3
@@ -353,7 +364,7 @@ def _sweep(self:Router):
 # %% ../nbs/00_core.ipynb #fa93b477
 @patch
 def _settle(self:Router, fut:ReplyFuture):
-    "Done-callback of every request future: pop its entry (unless a reply or `cancel` took it), and remember it if it gave up"
+    "Pop the entry of `fut`, which failed or was cancelled (unless it is no longer there), and remember it as given up"
     if self.pending.get(fut.msg_id) is not fut: return
     del self.pending[fut.msg_id]
     if not self.closed: self.abandon(fut.msg_id)
@@ -513,6 +524,8 @@ def _recv_whole(sync:zmq.Socket) -> list[bytes]:
         parts.append(frame.bytes)
     return parts
 
+_ASKED = 4 # messages a turn reads asking `ZMQ_EVENTS` before each; past that, a queue: it reads on until EAGAIN
+
 @patch
 def _ready(self:RoutedChannel):
     "The reader: route the messages waiting on the socket, at most `burst` of them a turn; on failure, `teardown`"
@@ -520,11 +533,18 @@ def _ready(self:RoutedChannel):
     if again is not None: again.cancel() # this turn is the one it was due
     if self.watched is None: return
     try:
-        n = self.burst
-        while (events := _get_opt(self.sync, _EVENTS)) & _POLLIN: # ends on `ZMQ_EVENTS`: the descriptor signals again
+        n, sync = self.burst, self.sync
+        while (events := _get_opt(sync, _EVENTS)) & _POLLIN: # ends on `ZMQ_EVENTS`: the descriptor signals again
             if not n: return self._soon() # a flood: let everything else run before the next burst
-            self._route(_recv_whole(self.sync))
+            self._route(_recv_whole(sync))
             n -= 1
+            if self.burst - n >= _ASKED: # one exception ends the queue, instead of a `ZMQ_EVENTS` read a message
+                try:
+                    while n and self.watched is not None:
+                        self._route(_recv_whole(sync))
+                        n -= 1
+                except zmq.Again: pass
+            if self.watched is None: return # routing closed the channel
         if events & _POLLOUT and self.sendable is not None:
             self.sendable.set_result(True)
             self.sendable = None
@@ -1255,7 +1275,7 @@ async def _stop(self:ConKernelClient, h:_Hold, timeout:float) -> str:
     rt, deadline = ch.router, loop.time() + timeout
     caller = rt.pending.get(h.mid) # the caller's future, if one still waits
     mine = rt.pending[h.mid] = ReplyFuture(loop=loop)
-    mine.msg_id, mine.timeout, mine.deadline = h.mid, None, None
+    mine.msg_id, mine.timeout, mine.deadline, mine.router = h.mid, None, None, rt
     try:
         if not await h.until(lambda: h.started, mine, deadline):
             raise TimeoutError(f"request {h.mid} did not start within {timeout} s: its shell is busy with other work")
