@@ -94,7 +94,8 @@ class ConSession(Session):
 
     def _keep(self, name:str, value):
         "Keep trait `name`'s `value` in `hot`; of the key's HMAC, OpenSSL's own object inside it if there is one: it copies faster"
-        setattr(self.hot, name, getattr(value, '_hmac', None) or value if name == 'auth' and value is not None else value)
+        if name == 'auth' and value is not None: value = getattr(value, '_hmac', None) or value
+        setattr(self.hot, name, value)
 
     @classmethod
     def of(cls, session:Session) -> ConSession:
@@ -314,11 +315,13 @@ class ReplyFuture(asyncio.Future):
     __slots__ = ('msg_id', 'timeout', 'deadline', 'router') # slots, not a closure per request: less memory each
 
     def cancel(self, msg=None) -> bool:
+        "Cancel the future, and take the request out of its table at once (`Router._settle`)"
         if not super().cancel(msg): return False
         self.router._settle(self)
         return True
 
     def set_exception(self, exc):
+        "Fail the future with `exc`, and take the request out of its table at once (`Router._settle`)"
         super().set_exception(exc)
         self.router._settle(self)
 
