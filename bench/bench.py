@@ -16,7 +16,8 @@ What is measured. Two clients take turns on one kernel, a round each, so both se
 - `ConKernelClient`, one at a time and pipelined: `execute(code, reply=True)` for every request, their futures
   gathered, and `Router.follow` on the last one's `idle`. Its readers receive every iopub message (two status
   messages per request on the stub) and read its parent msg_id, checking and decoding only those someone reads,
-  so `jupyter_client + iopub` is its like-for-like comparison; the floor is the bar it is held to. It sends at most its `window` (500) requests per shell; the rest of a batch waits in order.
+  so `jupyter_client + iopub` is its like-for-like comparison; the floor is the bar it is held to. It sends at most
+  its `window` (500) requests per shell; the rest of a batch waits in order.
 - The `synchronous limit` (stub kernel only): a plain synchronous loop over pyzmq sockets doing only what no
   client can skip (pack, sign and send each request; receive each of its messages, check the signature, read the
   parent msg_id), the distance to which every run measures. ConKernelClient does less than that on iopub: it

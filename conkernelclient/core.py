@@ -587,7 +587,8 @@ def _route(self:RoutedChannel, parts:list[bytes]):
         mid = parent.get('msg_id')
         if not (mid is None or isinstance(mid, str)): raise TypeError(f"parent msg_id is a {type(mid).__name__}")
         if mid is None and self.session.unpack(frames[1]).get('msg_type') == 'iopub_welcome': return
-        msg = self.session.unpack_frames(frames, parent) if self.lazy or self._claimed(mid) else None # (a lazy inbox's frames are unchecked)
+        # a lazy channel's inbox takes frames as unchecked, so what was checked here goes there decoded
+        msg = self.session.unpack_frames(frames, parent) if self.lazy or self._claimed(mid) else None
     except Exception as e:
         if isinstance(e, SignatureError): self.forged = e
         log.warning("skipped an unreadable message: %r", e)
