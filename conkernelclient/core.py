@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 __all__ = ['ConKernelError', 'KernelDiedError', 'ChannelsClosedError', 'KernelRestartedError', 'SubshellsUnsupportedError',
            'WrongLoopError', 'KeyMismatchError', 'CancelError', 'NotCancellableError', 'InterruptScopeError',
            'InterruptUnsupportedError', 'ConSession', 'SignatureError', 'Inbox', 'Router', 'ReplyFuture', 'Follower',
-           'is_idle', 'RoutedChannel', 'unbounded_context', 'ConKernelClient', 'ConKernelManager', 'restart_clients',
-           'ConIOLoopKernelManager']
+           'is_idle', 'RoutedChannel', 'RoutedSocket', 'unbounded_context', 'ConKernelClient', 'ConKernelManager',
+           'restart_clients', 'ConIOLoopKernelManager']
 
 # %% ../nbs/00_core.ipynb #b5e7e8a1
 class ConKernelError(Exception):
@@ -223,7 +223,8 @@ def put_frames(self:Inbox, mid:str|None, frames:list[bytes]|dict):
     if len(self.msgs) >= self.maxlen:
         self.msgs.popleft()
         self.dropped += 1
-        if self.dropped % 1000 == 1: log.warning("inbox full (%d): dropped %d oldest messages so far", self.maxlen, self.dropped)
+        if self.dropped == 1: log.warning("an inbox of unclaimed messages is full (%d): its oldest are dropped from now on, and "
+                                          "counted in `dropped`; to keep more, raise the client's iopub_inbox_limit", self.maxlen)
     self.msgs.append((mid, frames))
     self._arrived.set()
 
@@ -290,6 +291,19 @@ def close(self:Inbox, exc:ConKernelError):
     "Fail readers with `exc` once the messages already kept are read"
     self.closed = exc
     self._arrived.set()
+
+@patch
+def reopen(self:Inbox):
+    "Take readers again after `close` (its kernel died, and was restarted)"
+    self.closed = None
+    self._arrived.set()
+
+@patch
+async def until_open(self:Inbox):
+    "Wait until the inbox is open: at once if it is, else until `reopen`"
+    while self.closed:
+        self._arrived.clear()
+        await self._arrived.wait()
 
 # %% ../nbs/00_core.ipynb #7d695f16
 class Router:
@@ -419,6 +433,12 @@ def close(self:Router, exc:ConKernelError):
     self.fail(exc)
     self.inbox.close(exc)
 
+@patch
+def reopen(self:Router):
+    "Take requests again after `close`, and open the inbox (its kernel died, and was restarted)"
+    self.closed = None
+    self.inbox.reopen()
+
 # %% ../nbs/00_core.ipynb #96832c7b
 class Follower(asyncio.Future):
     "The future of `Router.follow`: `msg_id` is the request followed, `on_msg` sees each of its messages"
@@ -496,6 +516,7 @@ def start(self:RoutedChannel):
 @patch
 def _watch(self:RoutedChannel):
     "Have the loop call the reader, `_ready`, whenever the socket's descriptor signals, and once now"
+    RoutedSocket.adopt(self.socket, self)
     self.sync = zmq.Socket.shadow(self.socket.underlying)
     self.watched = self.sync.FD
     _get_selector(self.loop).add_reader(self.watched, self._ready)
@@ -512,6 +533,7 @@ def _unwatch(self:RoutedChannel):
     "Stop the reader: the loop no longer watches the socket's descriptor"
     if self.again is not None: self.again.cancel()
     if self.watched is not None and not self.loop.is_closed(): _get_selector(self.loop).remove_reader(self.watched)
+    if isinstance(self.socket, RoutedSocket): self.socket.channel = None
     self.again = self.watched = None
 
 # %% ../nbs/00_core.ipynb #d26a00c8
@@ -599,13 +621,57 @@ def _route(self:RoutedChannel, parts:list[bytes]):
 
 # %% ../nbs/00_core.ipynb #ceda9128
 @patch
+def _events(self:RoutedChannel) -> int:
+    "The socket's `ZMQ_EVENTS`, read outside the reader: if it shows a message, the reader gets a turn (the read took its signal)"
+    events = _get_opt(self.sync, _EVENTS)
+    if events & _POLLIN: self._soon()
+    return events
+
+@patch
 async def until_sendable(self:RoutedChannel, timeout:float) -> bool:
     "Wait until the socket can send (one connected with `ZMQ_IMMEDIATE`: until it is connected); False after `timeout` s"
     self.check_loop()
-    if _get_opt(self.sync, _EVENTS) & _POLLOUT: return True
+    if self._events() & _POLLOUT: return True
     if self.sendable is None: self.sendable = self.loop.create_future()
     try: return await asyncio.wait_for(asyncio.shield(self.sendable), max(0, timeout))
     except TimeoutError: return False
+
+# %% ../nbs/00_core.ipynb #d3b6ed89
+class RoutedSocket(zmq.asyncio.Socket):
+    "A pyzmq asyncio socket whose every look at its state, made through it, gives its channel's reader a turn"
+    channel:RoutedChannel|None = None # the channel whose reader reads it, while it does
+    getsockopt = zmq.asyncio.Socket.get # pyzmq's asyncio `get`, which tells `_schedule_remaining_events` of an EVENTS read
+
+    @classmethod
+    def adopt(cls, sock:zmq.asyncio.Socket, channel:RoutedChannel):
+        "Make `sock` (a pyzmq asyncio socket) a `RoutedSocket` in place, read by `channel`'s reader"
+        if type(sock) is zmq.asyncio.Socket: sock.__class__ = cls
+        elif not isinstance(sock, cls): raise TypeError(f"a RoutedChannel reads a zmq.asyncio.Socket, not a {type(sock).__name__}")
+        sock.channel = channel
+
+    def _schedule_remaining_events(self, events=None):
+        "pyzmq's hook after each look it makes at `ZMQ_EVENTS`: the look may have taken the reader's signal"
+        if self.channel is not None: self.channel._soon()
+        super()._schedule_remaining_events(events)
+
+    def _handle_events(self, fd=0, events=0):
+        "pyzmq's handler of the descriptor, once its asyncio use put it in the reader's place: the reader's turn, then pyzmq's"
+        if self.channel is not None: self.channel._ready()
+        if self._state: super()._handle_events(fd, events)
+
+class _TellingPoller(zmq.asyncio.Poller):
+    "The poller of a `RoutedSocket`'s own `poll`: once it has polled, the readers of the sockets it polled take a turn"
+    def poll(self, timeout=-1) -> asyncio.Future:
+        fut = super().poll(timeout)
+        self._tell()
+        fut.add_done_callback(self._tell)
+        return fut
+
+    def _tell(self, _=None):
+        for sock, _ in self.sockets:
+            if isinstance(sock, RoutedSocket) and sock.channel is not None: sock.channel._soon()
+
+RoutedSocket._poller_class = _TellingPoller
 
 # %% ../nbs/00_core.ipynb #0af9930a
 @patch
@@ -839,10 +905,11 @@ RoutedChannel.stop = RoutedChannel.close
 async def get_msg(self:RoutedChannel, timeout:float|None=None) -> dict:
     "Next message no request claimed; `queue.Empty` after `timeout` seconds (`None` waits as long as jupyter_client's)"
     self.check_loop()
-    try: return await self.inbox.get(timeout)
-    except KernelDiedError:
-        if timeout is not None: raise
-        return await asyncio.get_running_loop().create_future()
+    while True:
+        try: return await self.inbox.get(timeout)
+        except KernelDiedError:
+            if timeout is not None: raise
+            await self.inbox.until_open() # a restart may bring the kernel back
 
 @patch
 async def get_msgs(self:RoutedChannel) -> list[dict]:
@@ -873,7 +940,7 @@ def _owned(name:str) -> property:
             setattr(self, attr, ch)
             ch.teardown = self._close # a reader that stops by itself stops the whole client
             if name == 'shell': ch.window = self.window
-            if name == 'iopub': ch.lazy = True
+            if name == 'iopub': ch.lazy, ch.inbox.maxlen = True, self.iopub_inbox_limit
         return ch
     return property(get, doc=f"The {name} channel: a `RoutedChannel` that belongs to this client")
 
@@ -888,6 +955,9 @@ class ConKernelClient(AsyncKernelClient):
     startup_timeout = Float(60, config=True, help="Seconds `start_channels` waits for the kernel to answer")
     window = Integer(500, allow_none=True, config=True,
                      help="Requests sent to each shell or subshell and not yet answered; more wait, in order, in the client")
+    iopub_inbox_limit = Integer(1000, config=True, help="iopub messages that no request claims, kept for `get_iopub_msg`; "
+                                "past this the oldest are dropped (jupyter_client's own client keeps about ZMQ's "
+                                "receive high-water mark, 1,000 messages); a request's messages someone follows are never kept here")
     cancellable = Bool(False, config=True, help="Send execute requests cancellable unless told otherwise: each alone on "
                        "its shell in the kernel, so `cancel` stops it and nothing else, at a round trip per request")
 
@@ -923,6 +993,10 @@ class ConKernelClient(AsyncKernelClient):
     @observe('window')
     def _window_changed(self, change):
         if self._shell_channel is not None: self._shell_channel.window = change['new']
+
+    @observe('iopub_inbox_limit')
+    def _iopub_limit_changed(self, change):
+        if self._iopub_channel is not None: self._iopub_channel.inbox.maxlen = change['new']
 
     @property
     def routed(self) -> list[RoutedChannel]:
@@ -961,13 +1035,20 @@ def client(self:ConKernelManager, **kwargs) -> ConKernelClient:
 # %% ../nbs/00_core.ipynb #142f2f4a
 @patch
 async def _check_liveness(self:ConKernelClient):
-    "Close the client with `KernelDiedError` once the kernel is gone for good"
+    "Each `liveness_interval`: give every reader a turn (*Nobody strands the reader*), and stop the requests of a dead kernel"
     while True:
         await asyncio.sleep(self.liveness_interval)
+        for ch in self.routed: ch._soon()
         if self.restarting or await self.is_alive(): continue
-        if getattr(self.parent, '_restarter', None) is None: break
+        if getattr(self.parent, '_restarter', None) is None: return self._kernel_died(KernelDiedError("the kernel died"))
         self._kernel_restarting(KernelRestartedError("the kernel died, and its manager is restarting it"))
-    self._close(KernelDiedError("the kernel died"))
+
+@patch
+def _kernel_died(self:ConKernelClient, exc:KernelDiedError):
+    "Fail what is in flight with `exc` and refuse new requests with it, until a restart of the kernel (`restart_clients`)"
+    for ch in self.routed:
+        ch.forget(exc)
+        ch.router.close(exc)
 
 # %% ../nbs/00_core.ipynb #4f871ddc
 @patch
@@ -1362,7 +1443,9 @@ def _kernel_restarting(self:ConKernelClient, exc:KernelRestartedError):
     "Fail what is in flight with `exc`, drop what was not yet sent, and hold the liveness check off until the new kernel answers"
     if self.restarting: return
     self.restarting = True
-    for ch in self.routed: ch.forget(exc)
+    for ch in self.routed:
+        ch.forget(exc)
+        ch.router.reopen() # a client whose kernel died takes requests again
     self._renew_transport()
 
 @patch
@@ -1382,6 +1465,7 @@ async def _kernel_restarted(self:ConKernelClient):
         self._close(KernelDiedError(f"the restarted kernel did not answer: {e}"))
         raise
     finally: self.restarting = False
+    if self._liveness is None or self._liveness.done(): self._liveness = asyncio.ensure_future(self._check_liveness())
 
 # %% ../nbs/00_core.ipynb #0c7da3db
 async def restart_clients(clients:Iterable[ConKernelClient], restart:Awaitable, newports:bool=False):
