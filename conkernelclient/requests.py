@@ -129,7 +129,7 @@ class Run:
         self._asked:dict[str,dict] = {} # input_requests not answered yet, by msg_id
         self._answer_tasks:set[asyncio.Task] = set() # tasks running the input handler
         self._input_error:Exception|None = None # what the input handler raised, if it did
-        self.incomplete = False # did a server drop some of its output (its iopub rate limit)?
+        self.incomplete:str|None = None # why the outputs may lack something (None: they are whole)
 
 # %% ../nbs/01_requests.ipynb #6e0b7a9a
 @patch
@@ -208,8 +208,14 @@ _RATE_LIMITED = ('IOPub message rate exceeded', 'IOPub data rate exceeded') # wh
 @patch
 def _dropped(self:Run):
     "The server dropped some of this request's output"
-    if not self.incomplete: log.warning("run %s: the server dropped some of its output (iopub rate limit)", self.msg_id)
-    self.incomplete = True
+    self._missing("the server dropped some of its output (its iopub rate limit)")
+
+@patch
+def _missing(self:Run, why:str):
+    "The outputs may lack something, for reason `why`: say so in `incomplete` (the first reason stays), and log it once"
+    if self.incomplete is not None: return
+    log.warning("run %s: %s", self.msg_id, why)
+    self.incomplete = why
 
 @patch
 def _on_follower_end(self:Run, fol:Follower):
@@ -250,8 +256,8 @@ def _wait_idle(self:Run):
 @patch
 def _lost_idle(self:Run):
     "Complete without `idle`: the request has replied, and iopub has gone quiet or the deadline has come"
-    log.warning("run %s: no idle status after its reply (quiet for %s s, or at its deadline); "
-                "completing with the %d messages that came", self.msg_id, self.idle_grace, len(self.msgs))
+    self._missing(f"no idle status after its reply (quiet for {self.idle_grace} s, or at its deadline): it completed with "
+                  f"the {len(self.msgs)} iopub messages that came, and may lack output that never arrived")
     self._finish()
 
 # %% ../nbs/01_requests.ipynb #ce9be2ed
