@@ -188,7 +188,7 @@ def unpack_frames(self:ConSession, frames:list[bytes], parent:dict|None=None) ->
     unpack = self.hot.unpack
     header = _dates(unpack(frames[1]))
     return _adapt(dict(header=header, msg_id=header['msg_id'], msg_type=header['msg_type'],
-                       parent_header=_dates(unpack(frames[2]) if parent is None else parent),
+                       parent_header=_dates((unpack(frames[2]) or {}) if parent is None else parent),
                        metadata=unpack(frames[3]), content=unpack(frames[4]),
                        buffers=[memoryview(b) for b in frames[5:]]))
 
@@ -605,7 +605,7 @@ def _route(self:RoutedChannel, parts:list[bytes]):
         if self.lazy and mid is not None and not self._claimed(mid):
             return self.inbox.put_frames(mid, frames) # checked if it is ever read
         self.session.check(frames)
-        if parent is None: parent = self.session.hot.unpack(frames[2])
+        if parent is None: parent = self.session.hot.unpack(frames[2]) or {} # xeus sends a null parent for none
         mid = parent.get('msg_id')
         if not (mid is None or isinstance(mid, str)): raise TypeError(f"parent msg_id is a {type(mid).__name__}")
         if mid is None and self.session.unpack(frames[1]).get('msg_type') == 'iopub_welcome': return
@@ -965,6 +965,7 @@ class ConKernelClient(AsyncKernelClient):
         super().__init__(**kwargs)
         self.kernel_info_reply:dict|None = None
         self.restarting = False
+        self.dead:KernelDiedError|None = None # why requests are refused: the kernel died, and is not back yet
         self.displays:dict[str,weakref.WeakValueDictionary] = {}
         self.stdin_turns:deque = deque()
         self._starting:asyncio.Task|None = None
@@ -1035,20 +1036,29 @@ def client(self:ConKernelManager, **kwargs) -> ConKernelClient:
 # %% ../nbs/00_core.ipynb #142f2f4a
 @patch
 async def _check_liveness(self:ConKernelClient):
-    "Each `liveness_interval`: give every reader a turn (*Nobody strands the reader*), and stop the requests of a dead kernel"
+    "Each `liveness_interval`: give every reader a turn, fail the requests of a kernel that died, revive with one that came back"
     while True:
         await asyncio.sleep(self.liveness_interval)
-        for ch in self.routed: ch._soon()
-        if self.restarting or await self.is_alive(): continue
-        if getattr(self.parent, '_restarter', None) is None: return self._kernel_died(KernelDiedError("the kernel died"))
-        self._kernel_restarting(KernelRestartedError("the kernel died, and its manager is restarting it"))
+        for ch in self.routed: ch._soon() # *Nobody strands the reader*
+        if self.restarting or await self.is_alive() == (self.dead is None): continue
+        if self.dead is not None: await self._revive()
+        elif getattr(self.parent, '_restarter', None) is None: self._kernel_died(KernelDiedError("the kernel died"))
+        else: self._kernel_restarting(KernelRestartedError("the kernel died, and its manager is restarting it"))
 
 @patch
 def _kernel_died(self:ConKernelClient, exc:KernelDiedError):
-    "Fail what is in flight with `exc` and refuse new requests with it, until a restart of the kernel (`restart_clients`)"
+    "Fail what is in flight with `exc` and refuse new requests with it, until the kernel is back (`_revive`, `restart_clients`)"
+    self.dead = exc
     for ch in self.routed:
         ch.forget(exc)
         ch.router.close(exc)
+
+@patch
+async def _revive(self:ConKernelClient):
+    "The dead kernel is alive again (restarted by someone else than its manager here): reconnect and handshake with it"
+    self._kernel_restarting(KernelRestartedError("the kernel was restarted"))
+    try: await self._kernel_restarted()
+    except (ConKernelError, TimeoutError) as e: log.warning("the restarted kernel did not answer: %s", e)
 
 # %% ../nbs/00_core.ipynb #4f871ddc
 @patch
@@ -1442,7 +1452,7 @@ async def wait_for_ready(self:ConKernelClient, timeout:float|None=None):
 def _kernel_restarting(self:ConKernelClient, exc:KernelRestartedError):
     "Fail what is in flight with `exc`, drop what was not yet sent, and hold the liveness check off until the new kernel answers"
     if self.restarting: return
-    self.restarting = True
+    self.restarting, self.dead = True, None
     for ch in self.routed:
         ch.forget(exc)
         ch.router.reopen() # a client whose kernel died takes requests again

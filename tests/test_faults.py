@@ -203,6 +203,46 @@ async def test_auto_restart_after_sigkill(kernels):
     await assert_new_kernel(kc)
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize('name', ['python3', 'async', 'xpython'], ids=['ipykernel', 'async-kernel', 'xeus-python'])
+async def test_a_restarted_dead_kernel_serves_the_same_client(kernels, name):
+    """A killed kernel (ipykernel, async-kernel, and xeus-python, a C++ kernel nobody here wrote) fails every waiter and
+    every new request with KernelDiedError; once its manager restarts it, the same client runs code and reads output"""
+    km = await kernels.start(kernel_name=name)
+    kc = await kernels.client(km)
+    assert (await kc.run('_before = 1; print("before")')).outputs[0]['text'] == 'before\n'
+    futs = [kc.execute('import time; time.sleep(30)', reply=True, timeout=None)]
+    futs += [kc.execute(f'{i}', reply=True, timeout=None if i % 2 else 60) for i in range(19)]
+    os.kill(km.provisioner.process.pid, signal.SIGKILL)
+    res = await asyncio.gather(*futs, return_exceptions=True)
+    assert [type(r) for r in res] == [KernelDiedError] * 20
+    assert isinstance(kc.dead, KernelDiedError) and kc.in_flight == 0
+    with pytest.raises(KernelDiedError): kc.execute('1', reply=True)
+    with pytest.raises(KernelDiedError): kc.run('1')
+    await km.restart_kernel(now=True)
+    assert kc.dead is None and kc.channels_running
+    run = await kc.run('print("_before" in dir(), 6 * 7)')
+    assert run.outputs == [{'output_type': 'stream', 'name': 'stdout', 'text': 'False 42\n'}] and run.incomplete is None
+    assert [r['content']['status'] for r in await asyncio.gather(*(kc.execute(f'{i}', reply=True) for i in range(50)))] == ['ok'] * 50
+
+
+@pytest.mark.timeout(60)
+async def test_an_attached_client_outlives_a_dead_kernel(kernels):
+    "A client that knows only the connection file (it watches the heartbeat) carries on once anyone restarts the kernel"
+    km = await kernels.start()
+    kc = await kernels.attach(km)
+    assert kc.parent is None
+    first = kc.execute('import time; time.sleep(30)', reply=True, timeout=None)
+    await running(kc, first)
+    os.kill(km.provisioner.process.pid, signal.SIGKILL)
+    with pytest.raises(KernelDiedError): await first
+    with pytest.raises(KernelDiedError): kc.execute('1', reply=True)
+    await km.restart_kernel(now=True) # by its manager, which knows nothing of this client
+    # the client's liveness check finds the heartbeat again, then reconnects and handshakes
+    while kc.dead is not None or kc.restarting: await asyncio.sleep(0.05)
+    await assert_new_kernel(kc)
+
+
 @pytest.mark.timeout(60)
 async def test_restart_does_not_run_failed_requests(kernels):
     "Requests failed with KernelRestartedError are not run by the new kernel"
