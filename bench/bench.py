@@ -44,6 +44,7 @@ that each request was answered `ok` by its own reply: a row's `answered` equals 
 """
 from __future__ import annotations
 import argparse, asyncio, gc, hashlib, hmac, json, logging, os, platform, statistics, subprocess, sys, time, tracemalloc, uuid
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -78,12 +79,13 @@ class Plan:
     lines:int=20_000 # lines printed by the first output-collection cell
     displays:int=2_000 # display_data messages of the second
     held:int=5_000 # requests held in flight while their heap is measured
+    unread:int=50_000 # requests answered, their iopub messages never read, while a client's memory is measured
     sleep:float=1.0 # seconds the main shell sleeps while a subshell request is timed
     kernels:tuple[str,...]=('stub', 'python3', 'async') # kernel spec names; 'stub' is the stub kernel
 
 FULL = Plan()
 QUICK = Plan(repeats=2, stub_batches=(10, 100, 1_000), kernel_batches=(10, 100), stub_requests=500,
-             kernel_requests=50, lines=2_000, displays=200, held=500, sleep=0.5)
+             kernel_requests=50, lines=2_000, displays=200, held=500, unread=5_000, sleep=0.5)
 
 @dataclass
 class Cost:
@@ -426,6 +428,51 @@ async def _memory(km:ConKernelManager, plan:Plan) -> list[dict]:
         finally: kc.stop_channels()
     return out
 
+UNREAD_CLIENTS = {'jupyter_client': None, 'ConKernelClient': 1_000, 'ConKernelClient, 100,000 kept': 100_000} # -> iopub_inbox_limit
+
+def _unread_rss(conn:dict, client:str, n:int) -> dict:
+    """In a process of its own: how much the resident memory of a client of the kernel at `conn` grows over `n`
+    requests, in batches of 1,000 after the first, whose replies it awaits and whose iopub messages nobody reads"""
+    import psutil
+    async def run():
+        limit = UNREAD_CLIENTS[client]
+        kc = AsyncKernelClient() if limit is None else ConKernelClient(iopub_inbox_limit=limit)
+        kc.load_connection_info(conn)
+        if limit is None:
+            kc.start_channels()
+            await kc.wait_for_ready(timeout=60)
+        else: await kc.start_channels()
+        work = (lambda k: floor(kc, k)) if limit is None else (lambda k: replied(kc, k))
+        ok = await work(1000) # the first batch: what a batch needs while in flight is not what the client holds after
+        gc.collect()
+        before = psutil.Process().memory_info().rss
+        for _ in range(n // 1000 - 1): ok += await work(1000)
+        if limit is not None: await pipelined(kc, 1) # its `idle`, followed, comes after every message before it
+        gc.collect()
+        grown = psutil.Process().memory_info().rss - before
+        ib, replay = None if limit is None else kc.iopub_channel.inbox, kc.session.digest_history
+        row = dict(client=client, requests=n, answered=ok, rss_mb=grown / 2**20,
+                   kept=None if ib is None else len(ib), dropped=None if ib is None else ib.dropped,
+                   inbox_mb=None if ib is None else _deep_size(ib.msgs) / 2**20,
+                   replayed=len(replay), replay_mb=_deep_size(replay) / 2**20)
+        kc.stop_channels()
+        return row
+    return asyncio.run(run())
+
+def _deep_size(o) -> int:
+    "Bytes of `o` and of everything it holds, through sets, tuples, lists and deques (frames, entries, signatures)"
+    return sys.getsizeof(o) + (sum(map(_deep_size, o)) if isinstance(o, (set, tuple, list, deque)) else 0)
+
+async def _unread(km:ConKernelManager, plan:Plan) -> list[dict]:
+    "Each client's resident memory growth over `plan.unread` requests on the stub kernel of `km`, nobody reading iopub"
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+    loop, out = asyncio.get_running_loop(), []
+    for client in UNREAD_CLIENTS:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn')) as pool:
+            out.append(await loop.run_in_executor(pool, _unread_rss, km.get_connection_info(), client, plan.unread))
+    return out
+
 SEND_MODES = {'sent': {'window': None}, 'queued behind the window': {'window': 1}} # what each call does -> client traits
 
 async def held_loop(kc:ConKernelClient, n:int) -> float:
@@ -598,6 +645,7 @@ async def bench_kernel(km:ConKernelManager, name:str, plan:Plan) -> dict:
                 outputs=sorted(outputs, key=lambda r: order[r['client']]),
                 memory=await _memory(km, plan) if name == 'stub' else [],
                 send_path=await _send_path(km, plan) if name == 'stub' else [],
+                unread=await _unread(km, plan) if name == 'stub' else [],
                 concurrency=await _concurrency(km, name, plan),
                 encryption=[] if name == 'stub' else await _encryption(name, plan),
                 cancellable=[] if name == 'stub' else await _cancellable(km, name, plan),
@@ -637,19 +685,22 @@ def targets(per_kernel:dict) -> list[dict]:
                   for p in outs if p['client'] == PLAIN and p['cell'] == c['cell']]
     heap = next((m['bytes_per_request'] for m in stub.get('memory', []) if m['window'] == 500 and m['timeout'] == 60), None)
     held = {r['mode']: r['us_per_call'] for r in stub.get('send_path', [])}
+    unread = next((r for r in stub.get('unread', []) if r['client'] == CON), None)
     return [_target("client CPU per request, 1,000 pipelined, vs the floor", _ratio(_cpu_of(rows, CON, 1000), _cpu_of(rows, PLAIN, 1000)), 0.5),
             _target("client CPU per request, 1,000 pipelined, vs the synchronous limit", _ratio(_cpu_of(rows, CON, 1000), _cpu_of(rows, LIMIT, 1000)), 2.0),
             _target(f"client CPU per request, {most:,} vs 100 in flight", _ratio(_cpu_of(rows, CON, most), _cpu_of(rows, CON, 100)), 1.1),
             _target("heap per outstanding request", heap, 400, 'bytes'),
             _target("event loop held per execute call, queued behind the window vs sent", _ratio(held.get('queued behind the window'), held.get('sent')), 1.0),
-            _target("client CPU per output collection, vs the floor (worse cell)", max(outs_ratio, default=None), 1.1)]
+            _target("client CPU per output collection, vs the floor (worse cell)", max(outs_ratio, default=None), 1.1),
+            _target(f"memory held for unread iopub messages after {unread['requests'] if unread else 0:,} requests",
+                    unread and unread['inbox_mb'], 5, 'MB')]
 
 def results(per_kernel:dict, plan:Plan, command:str=COMMAND) -> dict:
     "Everything measured, with the plan, the machine, the versions and the targets: what `write` saves"
     meta = dict(command=command, date=datetime.now(timezone.utc).isoformat(timespec='seconds'), commit=_commit(),
                 machine=f'{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs', versions=_versions())
     return dict(meta=meta, plan=asdict(plan), targets=targets(per_kernel),
-                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'send_path', 'concurrency', 'encryption', 'cancellable', 'loops', 'json', 'websocket')})
+                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'send_path', 'unread', 'concurrency', 'encryption', 'cancellable', 'loops', 'json', 'websocket')})
 
 KERNEL_NAMES = {'stub': 'stub kernel (client-bound)', 'python3': 'ipykernel', 'async': 'async-kernel'}
 
@@ -692,6 +743,13 @@ def _memory_md(mems:list[dict]) -> list[str]:
     return _table(['in flight', 'window', 'timeout', 'bytes/request', 'largest allocation sites (bytes/request)'],
                   [[_f(m['in_flight']), _f(m['window']), _f(m['timeout'], '{} s'), _f(m['bytes_per_request']),
                     ', '.join(f"{s['site']} {s['bytes']:.0f}" for s in m['sites'])] for m in mems])
+
+def _unread_md(rows:list[dict]) -> list[str]:
+    "The unread-iopub table"
+    return _table(['client', 'requests', 'answered', 'resident memory grown, MB', 'iopub messages kept', 'dropped',
+                   'they hold, MB', 'replay history: signatures', 'MB'],
+                  [[r['client'], _f(r['requests']), _f(r['answered']), _f(r['rss_mb'], '{:,.1f}'), _f(r['kept']), _f(r['dropped']),
+                    _f(r['inbox_mb'], '{:,.2f}'), _f(r['replayed']), _f(r['replay_mb'], '{:,.1f}')] for r in rows])
 
 def _send_path_md(rows:list[dict]) -> list[str]:
     "The send-path table"
@@ -763,6 +821,14 @@ def markdown(res:dict) -> str:
             'reads iopub until its `idle`, ConKernelClient follows it with `Router.follow`.', '', *_outputs_md(res['outputs']),
             '', '## Memory', '', 'Python heap (tracemalloc) held in the client per outstanding request, while the stub kernel '
             'withholds every reply; requests past the shell `window` wait, unsent, in the client.', '', *_memory_md(res['memory']),
+            '', '## Unread iopub', '', 'A client that only awaits replies, the common service pattern, never reads the '
+            "two status messages each request publishes. Each client runs in a process of its own, attached to the stub "
+            "kernel, and the table gives how much its resident memory (RSS) grew over the requests: jupyter_client's "
+            "`AsyncKernelClient` reading replies with `get_shell_msg()` (ZMQ queues at most its receive high-water mark, "
+            "1,000 messages, and drops the rest), ConKernelClient with its default `iopub_inbox_limit` (1,000), and with "
+            "the 100,000 its inbox kept before that limit. What the kept messages hold is their frames and entries "
+            "(`sys.getsizeof`); the replay history is the session's (jupyter_client's `digest_history`, the signature of "
+            "every message checked, up to `digest_history_size`, 65,536), which both clients keep.", '', *_unread_md(res['unread']),
             '', '## Send path', '', 'How long `execute(reply=True)` calls made at once, in a plain loop, hold the event loop, '
             'while the stub kernel withholds every reply: each request sent (no `window`), or each queued in the client '
             'behind a full window of 1.', '', *_send_path_md(res['send_path']),

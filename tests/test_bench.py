@@ -40,10 +40,12 @@ def test_row_and_targets(monkeypatch):
                             dict(client=CON, in_flight=100, cpu_us=140), dict(client='synchronous limit', in_flight=1000, cpu_us=50)],
                 outputs=[dict(client=PLAIN, cell='x', cpu_us=10), dict(client=CON, cell='x', cpu_us=9)],
                 memory=[dict(window=500, timeout=60, bytes_per_request=400)],
-                send_path=[dict(mode='sent', us_per_call=40), dict(mode='queued behind the window', us_per_call=50)])
+                send_path=[dict(mode='sent', us_per_call=40), dict(mode='queued behind the window', us_per_call=50)],
+                unread=[dict(client='jupyter_client', requests=50_000, inbox_mb=None), dict(client=CON, requests=50_000, inbox_mb=6.5)])
     assert [(round(t['value'], 2), t['met']) for t in b.targets({'stub': fake})] == [
-        (1.5, False), (3.0, False), (1.07, True), (400, True), (1.25, False), (0.9, True)]
-    assert [t['met'] for t in b.targets({'python3': fake})] == [None] * 6
+        (1.5, False), (3.0, False), (1.07, True), (400, True), (1.25, False), (0.9, True), (6.5, False)]
+    assert '50,000 requests' in b.targets({'stub': fake})[-1]['target']
+    assert [t['met'] for t in b.targets({'python3': fake})] == [None] * 7
 
 
 def test_help():
@@ -139,6 +141,17 @@ def test_send_path(res):
     assert all(r['held_ms'] > 0 and r['us_per_call'] > 0 for r in rows)
 
 
+def test_unread(res):
+    "Each client's memory over the plan's unread requests on the stub, every request answered; ConKernelClient keeps its limit"
+    rows, n = res['unread'], res['plan']['unread']
+    assert [(r['client'], r['requests'], r['answered']) for r in rows] == [
+        (c, n, n) for c in ('jupyter_client', CON, f'{CON}, 100,000 kept')]
+    assert [r['kept'] for r in rows] == [None, 1000, 2 * n] # two status messages a request, none read
+    assert [r['dropped'] for r in rows] == [None, 2 * n - 1000, 0]
+    assert all(r['replayed'] >= n and r['replay_mb'] > 0 for r in rows)
+    assert rows[1]['inbox_mb'] < rows[2]['inbox_mb']
+
+
 def test_json_libraries(res):
     "Every kernel has a row for the floor and one for ConKernelClient with each JSON library (orjson is in the dev extra)"
     rows = res['json']
@@ -156,8 +169,8 @@ def test_websocket(res):
 
 
 def test_targets(res):
-    "All six targets have a value and a verdict (whatever it is)"
-    assert [t['unit'] for t in res['targets']] == ['×', '×', '×', 'bytes', '×', '×']
+    "All seven targets have a value and a verdict (whatever it is)"
+    assert [t['unit'] for t in res['targets']] == ['×', '×', '×', 'bytes', '×', '×', 'MB']
     assert all(t['value'] > 0 and t['met'] in (True, False) for t in res['targets'])
 
 
@@ -170,6 +183,6 @@ def test_markdown_and_plot(res, out):
         section = next(s for s in sections if s.startswith(title + '\n'))
         rows = [l for l in section.split('\n## ')[0].splitlines() if l.startswith('| ')]
         assert len(rows) - 1 == sum(r['kernel'] == kernel for r in res['throughput']) # less the header row
-    for head in ('## Targets', '## Output collection', '## Memory', '## Send path', '## Concurrency', '## Encryption', '## Cancellable requests',
+    for head in ('## Targets', '## Output collection', '## Memory', '## Unread iopub', '## Send path', '## Concurrency', '## Encryption', '## Cancellable requests',
                  '## Event loops', '## JSON libraries', '## Remote kernels'): assert f'\n{head}\n' in md
     assert (out/'bench.png').read_bytes()[:4] == b'\x89PNG'
