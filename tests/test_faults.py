@@ -227,6 +227,21 @@ async def test_a_restarted_dead_kernel_serves_the_same_client(kernels, name):
 
 
 @pytest.mark.timeout(60)
+async def test_a_kernel_that_exits_on_its_interrupt(kernels):
+    "xeus-python exits when interrupted: the interrupted run fails with KernelDiedError, and after a restart the same client runs on"
+    km = await kernels.start(kernel_name='xpython')
+    kc = await kernels.client(km)
+    run = kc.run('import time\nwhile True: time.sleep(0.01)', timeout=None)
+    async for msg in run:
+        if msg['msg_type'] == 'execute_input': break
+    await km.interrupt_kernel()
+    with pytest.raises(KernelDiedError): await run
+    assert not await km.is_alive()
+    await km.restart_kernel(now=True)
+    assert (await kc.run('print(6 * 7)')).outputs[0]['text'] == '42\n'
+
+
+@pytest.mark.timeout(60)
 async def test_an_attached_client_outlives_a_dead_kernel(kernels):
     "A client that knows only the connection file (it watches the heartbeat) carries on once anyone restarts the kernel"
     km = await kernels.start()
