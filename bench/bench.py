@@ -59,7 +59,10 @@ from jupyter_client.session import DELIM, Session, has_orjson
 from traitlets import default
 
 import conkernelclient.requests # adds `request`, `create_subshell` and `delete_subshell` to ConKernelClient
-from conkernelclient.core import ConKernelClient, ConKernelManager, ConSession, is_idle, unbounded_context
+from conkernelclient.channel import unbounded_context
+from conkernelclient.core import ConKernelClient, ConKernelManager
+from conkernelclient.routing import is_idle
+from conkernelclient.session import ConSession
 from conkernelclient.remote import LocalServer, RemoteKernelManager
 from conkernelclient.stubkernel import StubKernelSpecManager, stub_spec
 

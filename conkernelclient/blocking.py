@@ -14,7 +14,8 @@ from fastcore.basics import patch
 from jupyter_client.channels import AsyncZMQSocketChannel
 from jupyter_client.manager import AsyncKernelManager
 
-from .core import ChannelsClosedError, ConKernelClient, ConKernelManager, WrongLoopError
+from .errors import ChannelsClosedError, WrongLoopError
+from .core import ConKernelClient, ConKernelManager
 
 # %% auto #0
 __all__ = ['ConBlockingKernelClient', 'BlockingView']

@@ -14,8 +14,8 @@ from typing import AsyncIterator, Callable
 
 from fastcore.basics import patch
 from jupyter_client.kernelspec import NoSuchKernel
-from conkernelclient.core import (ConKernelClient, ConKernelError, ConKernelManager, KernelDiedError,
-                                  SubshellsUnsupportedError)
+from conkernelclient.errors import ConKernelError, KernelDiedError, SubshellsUnsupportedError
+from conkernelclient.core import ConKernelClient, ConKernelManager
 from conkernelclient.remote import RemoteKernelManager
 import conkernelclient.requests # adds `kc.run` and the subshell methods to `ConKernelClient`
 

@@ -22,8 +22,11 @@ from tornado.websocket import WebSocketClosedError, websocket_connect
 from traitlets import Bool, Float, Unicode
 from traitlets.log import get_logger
 
-from conkernelclient.core import (ChannelsClosedError, ConKernelClient, ConKernelError, ConSession, KernelDiedError,
-                                  KernelRestartedError, RoutedChannel, is_idle, restart_clients)
+from conkernelclient.errors import ChannelsClosedError, ConKernelError, KernelDiedError, KernelRestartedError
+from conkernelclient.session import ConSession
+from conkernelclient.routing import is_idle
+from conkernelclient.channel import RoutedChannel
+from conkernelclient.core import ConKernelClient, restart_clients
 
 log = logging.getLogger(__name__)
 

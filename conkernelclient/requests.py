@@ -11,8 +11,9 @@ from collections import deque
 from typing import AsyncIterator, Awaitable, Callable
 
 from fastcore.basics import patch
-from conkernelclient.core import (ConKernelClient, ConKernelError, ChannelsClosedError, Follower, KernelDiedError, ReplyFuture, Router,
-                                  SubshellsUnsupportedError, is_idle)
+from conkernelclient.errors import ChannelsClosedError, ConKernelError, KernelDiedError, SubshellsUnsupportedError
+from conkernelclient.routing import Follower, ReplyFuture, Router, is_idle
+from conkernelclient.core import ConKernelClient
 
 log = logging.getLogger(__name__)
 

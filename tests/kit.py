@@ -9,7 +9,8 @@ from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.session import Session
 
 from conkernelclient import ConKernelClient, ConKernelManager
-from conkernelclient.core import RoutedChannel, is_idle
+from conkernelclient.channel import RoutedChannel
+from conkernelclient.routing import is_idle
 
 
 class Gate:

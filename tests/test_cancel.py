@@ -9,7 +9,7 @@ import asyncio, random
 import pytest
 
 import conkernelclient.requests # noqa: F401 (kc.run)
-from conkernelclient.core import InterruptUnsupportedError
+from conkernelclient.errors import InterruptUnsupportedError
 from conkernelclient.stubkernel import stub_spec
 from kit import ask, check, started
 

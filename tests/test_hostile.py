@@ -9,7 +9,7 @@ import zmq, zmq.asyncio
 from jupyter_client.session import Session
 
 from conkernelclient import ConKernelClient, RoutedChannel
-from conkernelclient.core import is_idle
+from conkernelclient.routing import is_idle
 from kit import Gate, ask, check, collect
 
 DELIM = b'<IDS|MSG>'

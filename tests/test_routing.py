@@ -5,7 +5,8 @@ import asyncio, logging, random, time
 
 import pytest
 
-from conkernelclient.core import ConSession, RoutedChannel
+from conkernelclient.channel import RoutedChannel
+from conkernelclient.session import ConSession
 from kit import ask, assert_clean, check
 
 

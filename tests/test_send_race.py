@@ -14,7 +14,7 @@ from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.session import Session
 
 from conkernelclient import ConKernelManager
-from conkernelclient.core import ConSession
+from conkernelclient.session import ConSession
 
 SEND, SEND_RAW = Session.send, Session.send_raw # as jupyter_client defines them: nothing patches them at import
 
