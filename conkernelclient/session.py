@@ -26,7 +26,7 @@ from conkernelclient.errors import SignatureError
 __all__ = ['ConSession']
 
 # %% ../nbs/00_session.ipynb #8d871267
-_HOT = ('auth', 'pack', 'unpack', 'adapt_version', 'check_pid', 'pid') # the traits `ConSession.hot` keeps
+_HOT = ('auth', 'pack', 'unpack', 'adapt_version', 'check_pid', 'pid', 'debug', 'copy_threshold') # the traits `ConSession.hot` keeps
 
 class ConSession(Session):
     "A `Session` whose sends are lean and whose `deserialize` is fast"
@@ -65,7 +65,7 @@ def send(self:ConSession, stream, msg_or_type, *args, **kwargs):
 def _plain(self:ConSession, msg) -> bool:
     "Is `msg` a message `_send_plain` sends exactly as `Session.send` would?"
     return (type(msg) is dict and not msg.get('buffers') and isinstance(msg.get('content'), (dict, bytes))
-            and not self.hot.adapt_version and not (self.hot.check_pid and os.getpid() != self.hot.pid))
+            and not self.hot.adapt_version and not self.hot.debug and not (self.hot.check_pid and os.getpid() != self.hot.pid))
 
 @patch
 def _send_plain(self:ConSession, sock:zmq.Socket, msg:dict) -> dict:
@@ -73,9 +73,9 @@ def _send_plain(self:ConSession, sock:zmq.Socket, msg:dict) -> dict:
     pack, content = self.hot.pack, msg['content']
     parts = [pack(msg['header']), pack(msg['parent_header']), pack(msg['metadata']),
              content if isinstance(content, bytes) else pack(content)]
-    send = _send_frame
-    for frame in (DELIM, self.sign(parts), *parts[:3]): send(sock, frame, _SNDMORE)
-    send(sock, parts[3], 0)
+    send, big = _send_frame, self.hot.copy_threshold # a frame this long goes without a copy, as `Session.send` sends it
+    for frame in (DELIM, self.sign(parts), *parts[:3]): send(sock, frame, _SNDMORE, len(frame) < big)
+    send(sock, parts[3], 0, len(parts[3]) < big)
     msg['tracker'] = DONE
     return msg
 
