@@ -11,12 +11,11 @@ from collections import deque
 from typing import Callable
 
 import zmq, zmq.asyncio
-from zmq.asyncio import _get_selector
 from fastcore.basics import patch
 from jupyter_client.channels import AsyncZMQSocketChannel
 from jupyter_client.session import DELIM, Session, msg_header, protocol_version
-from zmq.backend import Socket as _BackendSocket
 
+from conkernelclient.compat import get_option, recv_frame, selector_of
 from conkernelclient.errors import ChannelsClosedError, ConKernelError, KernelDiedError, SignatureError, WrongLoopError
 from conkernelclient.session import ConSession
 from conkernelclient.routing import Follower, Inbox, Router, is_idle
@@ -65,7 +64,7 @@ def _watch(self:RoutedChannel):
     RoutedSocket.adopt(self.socket, self)
     self.sync = zmq.Socket.shadow(self.socket.underlying)
     self.watched = self.sync.FD
-    _get_selector(self.loop).add_reader(self.watched, self._ready)
+    selector_of(self.loop).add_reader(self.watched, self._ready)
     self._soon() # what came before the loop watched the descriptor signalled no one
     self.listening.set()
 
@@ -78,13 +77,13 @@ def _soon(self:RoutedChannel):
 def _unwatch(self:RoutedChannel):
     "Stop the reader: the loop no longer watches the socket's descriptor"
     if self.again is not None: self.again.cancel()
-    if self.watched is not None and not self.loop.is_closed(): _get_selector(self.loop).remove_reader(self.watched)
+    if self.watched is not None and not self.loop.is_closed(): selector_of(self.loop).remove_reader(self.watched)
     if isinstance(self.socket, RoutedSocket): self.socket.channel = None
     self.again = self.watched = None
 
 # %% ../nbs/00_channel.ipynb #d26a00c8
 _EVENTS, _POLLIN, _POLLOUT, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.NOBLOCK) # plain ints, as for sending
-_get_opt, _recv_frame = _BackendSocket.get, _BackendSocket.recv
+_get_opt, _recv_frame = get_option, recv_frame # pyzmq's own, under its wrapper (`compat`)
 
 def _recv_whole(sync:zmq.Socket) -> list[bytes]:
     "The frames of the message waiting on `sync`: ZMQ delivers a multipart message whole, so its other frames are there"

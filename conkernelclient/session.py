@@ -17,9 +17,9 @@ from jupyter_client.adapter import adapt
 from jupyter_client._version import protocol_version_info
 from jupyter_client.jsonutil import ISO8601_PAT, extract_dates, parse_date
 from jupyter_client.session import DELIM, DONE, Session
-from zmq.backend import Socket as _BackendSocket
 from traitlets import observe
 
+from conkernelclient.compat import openssl_hmac, send_frame
 from conkernelclient.errors import SignatureError
 
 # %% auto #0
@@ -40,7 +40,7 @@ class ConSession(Session):
 
     def _keep(self, name:str, value):
         "Keep trait `name`'s `value` in `hot`; of the key's HMAC, OpenSSL's own object inside it if there is one: it copies faster"
-        if name == 'auth' and value is not None: value = getattr(value, '_hmac', None) or value
+        if name == 'auth' and value is not None: value = openssl_hmac(value)
         setattr(self.hot, name, value)
 
     @classmethod
@@ -53,7 +53,6 @@ class ConSession(Session):
 
 # %% ../nbs/00_session.ipynb #387a3d20
 _SNDMORE = int(zmq.SNDMORE) # a plain int: pyzmq's flag enums cost more than the send
-_send_frame = _BackendSocket.send # the send of pyzmq's socket class itself, under its Python wrapper
 
 @patch
 def send(self:ConSession, stream, msg_or_type, *args, **kwargs):
@@ -73,7 +72,7 @@ def _send_plain(self:ConSession, sock:zmq.Socket, msg:dict) -> dict:
     pack, content = self.hot.pack, msg['content']
     parts = [pack(msg['header']), pack(msg['parent_header']), pack(msg['metadata']),
              content if isinstance(content, bytes) else pack(content)]
-    send, big = _send_frame, self.hot.copy_threshold # a frame this long goes without a copy, as `Session.send` sends it
+    send, big = send_frame, self.hot.copy_threshold # a frame this long goes without a copy, as `Session.send` sends it
     for frame in (DELIM, self.sign(parts), *parts[:3]): send(sock, frame, _SNDMORE, len(frame) < big)
     send(sock, parts[3], 0, len(parts[3]) < big)
     msg['tracker'] = DONE
