@@ -199,3 +199,15 @@ def test_kernel_dies_mid_run(where, clean, tmp_path, aio_loop):
     assert ename == 'DeadKernelError', evalue
     assert cells[1].metadata.papermill.status == 'failed' and cells[2].outputs == []
     where.no_token_in(out, (tmp_path/'out.ipynb').read_text())
+
+
+def test_timeout_the_interrupt_cannot_stop(where, clean, tmp_path):
+    "A timed-out cell that ignores interrupts fails the run with `CellTimeoutError` once `kc.cancel` gives up; kernel gone"
+    notebook(tmp_path/'in.ipynb', 'import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n' + SAY_READY)
+    code, out = finished(papermill(where, 'in.ipynb', 'out.ipynb', '--execution-timeout', '1', '--log-output', cwd=tmp_path))
+    assert code == 1 and 'CellTimeoutError' in out, out
+    [cell] = code_cells(tmp_path/'out.ipynb')
+    [(ename, evalue)] = error_outputs(cell)
+    assert ename == 'CellTimeoutError' and 'and the interrupt did not stop it' in evalue, evalue
+    assert cell.metadata.papermill.status == 'failed'
+    if where.srv is None: assert not psutil.pid_exists(int(READY.search(cell.outputs[0].text)[1])), "the kernel outlived the run"
