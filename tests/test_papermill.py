@@ -91,6 +91,13 @@ def finished(proc:subprocess.Popen, timeout:float=60) -> tuple[int,str]:
     return proc.returncode, out
 
 
+def ready(proc:subprocess.Popen) -> re.Match:
+    "Read the output of `proc`, streamed by `--log-output` as it comes, up to the line of `SAY_READY`: its match"
+    for line in proc.stdout:
+        if m := READY.search(line): return m
+    raise AssertionError(f"the run ended (exit code {proc.wait()}) before its cell said it was ready")
+
+
 def error_outputs(cell) -> list[tuple[str,str]]:
     return [(o.ename, o.evalue) for o in cell.outputs if o.output_type == 'error']
 
@@ -187,8 +194,7 @@ def test_kernel_dies_mid_run(where, clean, tmp_path, aio_loop):
     "A kernel killed (local SIGKILL) or deleted on its server mid-cell fails the run with `DeadKernelError`, notebook saved"
     notebook(tmp_path/'in.ipynb', 'print("before")', SAY_READY, 'print("never")')
     proc = papermill(where, 'in.ipynb', 'out.ipynb', '--log-output', cwd=tmp_path)
-    for line in proc.stdout: # the cell's output, streamed by --log-output as it comes
-        if m := READY.search(line): break
+    m = ready(proc)
     if where.srv is None: os.kill(int(m[1]), signal.SIGKILL)
     else: aio_loop.run_until_complete(RemoteKernelManager(where.url, where.token, kernel_id=m[2]).shutdown_kernel())
     code, out = finished(proc, timeout=30)
@@ -211,3 +217,15 @@ def test_timeout_the_interrupt_cannot_stop(where, clean, tmp_path):
     assert ename == 'CellTimeoutError' and 'and the interrupt did not stop it' in evalue, evalue
     assert cell.metadata.papermill.status == 'failed'
     if where.srv is None: assert not psutil.pid_exists(int(READY.search(cell.outputs[0].text)[1])), "the kernel outlived the run"
+
+
+def test_sigterm_ends_the_run_and_its_kernel(where, clean, tmp_path):
+    "SIGTERM to papermill mid-cell (as Airflow or a container runtime sends it) ends the run, and its kernel is shut down"
+    notebook(tmp_path/'in.ipynb', SAY_READY)
+    proc = papermill(where, 'in.ipynb', 'out.ipynb', '--log-output', cwd=tmp_path)
+    pid = int(ready(proc)[1])
+    proc.terminate()
+    code, out = finished(proc)
+    assert code == 1 and 'Aborted!' in out, out # papermill's command (click) ends on a KeyboardInterrupt so
+    if where.srv is None: assert not psutil.pid_exists(pid), "the kernel outlived the run"
+    where.no_token_in(out)
