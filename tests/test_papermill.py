@@ -220,12 +220,17 @@ def test_timeout_the_interrupt_cannot_stop(where, clean, tmp_path):
 
 
 def test_sigterm_ends_the_run_and_its_kernel(where, clean, tmp_path):
-    "SIGTERM to papermill mid-cell (as Airflow or a container runtime sends it) ends the run, and its kernel is shut down"
+    """SIGTERM to papermill mid-cell (as Airflow or a container runtime sends it) ends the run as Ctrl-C does: the cell
+    records it, and the kernel is shut down (deleted on its server)"""
     notebook(tmp_path/'in.ipynb', SAY_READY)
     proc = papermill(where, 'in.ipynb', 'out.ipynb', '--log-output', cwd=tmp_path)
     pid = int(ready(proc)[1])
     proc.terminate()
     code, out = finished(proc)
     assert code == 1 and 'Aborted!' in out, out # papermill's command (click) ends on a KeyboardInterrupt so
+    assert 'never retrieved' not in out # the cell's task, left waiting by the interrupt, ended quietly
+    [cell] = code_cells(tmp_path/'out.ipynb')
+    assert error_outputs(cell) == [('RunTerminated', 'the run was ended during this cell, and its kernel shut down')]
+    assert cell.metadata.papermill.status == 'failed'
     if where.srv is None: assert not psutil.pid_exists(pid), "the kernel outlived the run"
     where.no_token_in(out)
