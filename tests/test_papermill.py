@@ -1,10 +1,10 @@
 """The papermill engine `conkernelclient` with real components: the `papermill` command in a subprocess and
 `pm.execute_notebook` in this process, on a local kernel, on a `jupyter server` and on a `jupyter kernelgateway`
 (started by `LocalServer`). A parameterized notebook runs with its outputs saved; a failing cell, a timed-out cell
-(interrupted: the kernel is free for the next run) and a kernel killed or deleted mid-run each end the run with a
-named error and the notebook saved; no kernel is left on the server, and the token is in no output."""
+(interrupted: the kernel is free for the next run), a kernel killed or deleted mid-run and SIGTERM to papermill each
+end the run with a named error and the notebook saved; no kernel is left on the server, and the token is in no output."""
 from __future__ import annotations
-import asyncio, json, os, re, signal, subprocess, sys
+import os, re, signal, subprocess, sys
 from pathlib import Path
 
 import nbformat, psutil, pytest
