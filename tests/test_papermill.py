@@ -103,12 +103,15 @@ def error_outputs(cell) -> list[tuple[str,str]]:
 
 
 def test_command_runs_a_parameterized_notebook(where, clean, tmp_path):
-    "`papermill ... -p alpha 0.6 --log-output --cwd DIR -k python3 --stdout-file F`: parameters, outputs, counts saved, output streamed"
+    """`papermill ... -p alpha 0.6 --log-output --cwd DIR -k python3 --stdout-file F --stderr-file G`: parameters, outputs,
+    counts saved, output streamed"""
     work = tmp_path/'work'
     work.mkdir()
-    src = notebook(tmp_path/'in.ipynb', 'print("alpha is", alpha)', 'alpha * 2', 'import os; os.getcwd()')
+    src = notebook(tmp_path/'in.ipynb', 'import sys\nprint("alpha is", alpha)\nprint("to stderr", file=sys.stderr)', 'alpha * 2',
+                   'import os; os.getcwd()')
     code, out = finished(papermill(where, 'in.ipynb', 'out.ipynb', '-p', 'alpha', '0.6', '--log-output', '--progress-bar',
-                                   '--cwd', str(work), '--kernel', 'python3', '--stdout-file', str(tmp_path/'stdout.txt'), cwd=tmp_path))
+                                   '--cwd', str(work), '--kernel', 'python3', '--stdout-file', str(tmp_path/'stdout.txt'),
+                                   '--stderr-file', str(tmp_path/'stderr.txt'), cwd=tmp_path))
     assert code == 0, out
     nb = nbformat.read(tmp_path/'out.ipynb', 4)
     assert nb.cells[1].source.strip() == '# Parameters\nalpha = 0.6'
@@ -116,7 +119,7 @@ def test_command_runs_a_parameterized_notebook(where, clean, tmp_path):
     cells = code_cells(tmp_path/'out.ipynb')
     assert cells[0].outputs[0].text == 'alpha is 0.6\n' and cells[1].outputs[0].data['text/plain'] == '1.2'
     assert 'alpha is 0.6' in out and 'Executing: 100%' in out # --log-output, and the progress bar
-    assert (tmp_path/'stdout.txt').read_text() == 'alpha is 0.6\n'
+    assert (tmp_path/'stdout.txt').read_text() == 'alpha is 0.6\n' and (tmp_path/'stderr.txt').read_text() == 'to stderr\n'
     if where.srv is None: assert cells[2].outputs[0].data['text/plain'] == repr(str(work)) # --cwd is the kernel's
     where.no_token_in(out, (tmp_path/'out.ipynb').read_text())
     assert src.exists()
