@@ -146,7 +146,7 @@ def client(self:ConKernelManager, **kwargs) -> ConKernelClient:
 @patch
 async def _check_liveness(self:ConKernelClient):
     "Each `liveness_interval`: give every reader a turn, fail the requests of a kernel that died, revive with one that came back"
-    while True:
+    while (closed := self.shell_channel.router.closed) is None or closed is self.dead: # not closed for good
         await asyncio.sleep(self.liveness_interval)
         for ch in self.routed: ch._soon() # *Nobody strands the reader*
         if self.restarting or await self.is_alive() == (self.dead is None): continue

@@ -390,6 +390,12 @@ def _kernel_status(self:RemoteKernelClient, state:str):
         self._restarted.add_done_callback(lambda t: t.cancelled() or t.exception()) # its failure closes the client
     elif state == 'dead': self._close(KernelDiedError("the server says the kernel is dead: its restarter gave up"))
 
+# %% ../nbs/02_remote.ipynb #d1ed0001
+@patch
+def _kernel_died(self:RemoteKernelClient, exc:KernelDiedError):
+    "A kernel gone from its server closes the client: the server restarts a dying kernel itself, and one it gave up on or deleted never comes back"
+    self._close(exc)
+
 # %% ../nbs/02_remote.ipynb #726b215e
 class ReplyLostError(ConKernelError):
     "The kernel's websocket dropped while the request was in flight, and the server did not replay its reply"

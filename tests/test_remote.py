@@ -229,6 +229,9 @@ async def test_the_kernel_is_deleted(remote):
     await other.shutdown_kernel()
     with pytest.raises(KernelDiedError): await waiting
     with pytest.raises(KernelDiedError): kc.execute('1', reply=True)
+    # a kernel gone from its server never comes back under its id: the client closes, and stops asking the server
+    await asyncio.wait_for(asyncio.gather(*kc._tasks, return_exceptions=True), 10)
+    assert kc._liveness.done() and not kc._tasks
 
 
 async def test_the_kernel_dies_and_the_server_restarts_it(remote):
