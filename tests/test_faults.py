@@ -324,7 +324,7 @@ async def test_timeouts_on_a_busy_kernel(connect, gate, caplog):
     # the module's kernel is serial and shared: once this reply is in, nothing an earlier test or the handshake
     # left in its queue can still answer (a handshake try that timed out under load is abandoned too)
     await ask(kc, 'None')
-    caplog.set_level(logging.DEBUG, logger='conkernelclient.core')
+    caplog.set_level(logging.DEBUG, logger='conkernelclient')
     rt = kc.shell_channel.router
     assert not rt.abandoned
     busy = kc.execute(gate.code, reply=True, timeout=None)
