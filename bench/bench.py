@@ -11,8 +11,10 @@ What is measured. Two clients take turns on one kernel, a round each, so both se
 
 - jupyter_client's `AsyncKernelClient`, used the two ways it can be used safely: one at a time (send, await the
   reply, send the next), and pipelined: every request sent with `execute()`, then the replies read with
-  `get_shell_msg()`, with no routing. Pipelined is *the floor*: any client must at least sign and send each request
-  and receive and check each reply. `jupyter_client + iopub` also reads iopub to the last request's `idle`.
+  `get_shell_msg(timeout=60)`, with no routing. Pipelined is *the floor*: any client must at least sign and send each
+  request and receive and check each reply. `jupyter_client, no timeout` is the same loop at its cheapest, reading
+  with `get_shell_msg()` and no timeout (with one, pyzmq sets and cancels a timer for every read; the batch as a
+  whole is bounded instead). `jupyter_client + iopub` also reads iopub to the last request's `idle`.
 - `ConKernelClient`, one at a time and pipelined: `execute(code, reply=True)` for every request, their futures
   gathered, and `Router.follow` on the last one's `idle`. Its readers receive every iopub message (two status
   messages per request on the stub) and read its parent msg_id, checking and decoding only those someone reads,
@@ -35,12 +37,23 @@ what a Jupyter Server in between costs: the stub kernel and ipykernel behind a r
 its websocket (with and without TCP_QUICKACK) and over ZMQ straight to the kernel.
 ConKernelManager encrypts every kernel whose spec supports it, so the real kernels' rows are all encrypted ones.
 
+The remote clients, side by side on that server and one kernel (stub and ipykernel), each connected alone (the server
+sends every client of a kernel the iopub messages of all): jupyter_server's `GatewayKernelClient` (given the server's
+token on its websocket, which it does not send), datalayer's jupyter-kernel-client and `RemoteKernelClient`. Each
+runs its requests one after another (wall and client CPU per request), then `CALLERS` coroutines share it for a
+batch of requests bounded by `Plan.shared_timeout` (right, wrong, hung, unsent, errors: a peer that is not safe to
+share shows it here, and cannot hang the run), and each starts a kernel of its own: the time to its first reply.
+And one event loop driving 1, 4 and 16 stub kernels at once (`Plan.many`), pipelined: ConKernelClient over ZMQ to
+kernels of its own, and `RemoteKernelClient` to kernels of one server through its websocket.
+
 How to read the figures. Each is the median of the repeats (5, or 2 with `--quick`), per request: requests per
 second, wall µs, and the client's CPU µs (`time.process_time()` of this process, all its threads, ZMQ's I/O thread
 included); the kernel's CPU where psutil sees the kernel process and its total reaches `KERNEL_CPU_MIN`. Ratios
-compare a row's client CPU with the floor's at the same number in flight (ConKernelClient's also with
-`jupyter_client + iopub`): below 1× costs less. The targets are judged on the stub kernel only. Every run checks
-that each request was answered `ok` by its own reply: a row's `answered` equals its `sent`.
+compare a row's client CPU with the floor's at the same number in flight (ConKernelClient's also with the floor
+without timeouts and with `jupyter_client + iopub`): below 1× costs less. The targets are judged on the stub kernel,
+except one per real kernel (ConKernelClient against the floor without timeouts). Every run checks that each request
+was answered `ok` by its own reply: a row's `answered` equals its `sent` (for the remote peers sharing one client,
+that is what the table counts).
 """
 from __future__ import annotations
 import argparse, asyncio, gc, hashlib, hmac, json, logging, os, platform, statistics, subprocess, sys, threading, time, tracemalloc, uuid
@@ -650,7 +663,7 @@ GRACE = 5 # seconds a peer is given past its own timeout before the benchmark st
 class Peer:
     "A remote client compared in the Remote clients table, on a kernel of the `LocalServer` `srv`: `open`, `ask`, `close`"
     name = ''
-    def __init__(self, srv:LocalServer): self.srv = srv
+    def __init__(self, srv:LocalServer): self.srv, self.km, self.kc = srv, None, None # its kernel manager and client, once open
 
     async def open(self, kernel_id:str|None, kernel_name:str):
         "Connect a client to the kernel `kernel_id`, or (None) to a new kernel of spec `kernel_name` that it starts"
@@ -708,12 +721,15 @@ class NotedClient(KernelWebSocketClient):
 class DatalayerPeer(Peer):
     "datalayer's jupyter-kernel-client, a synchronous client: its `KernelHttpManager` and `KernelWebSocketClient`"
     name = DATALAYER
+    def __init__(self, srv:LocalServer):
+        super().__init__(srv)
+        self.pool = ThreadPoolExecutor(CALLERS, thread_name_prefix='datalayer') # for coroutines sharing the client
+
     async def open(self, kernel_id:str|None, kernel_name:str):
         self.km = KernelHttpManager(self.srv.url, self.srv.token, kernel_id=kernel_id, client_factory=NotedClient)
         if kernel_id is None: self.km.start_kernel(kernel_name)
         self.kc = self.km.client
         self.kc.start_channels()
-        self.pool = ThreadPoolExecutor(CALLERS, thread_name_prefix='datalayer')
 
     def _ask(self, timeout:float) -> tuple[str,dict]:
         reply = self.kc.execute_interactive(CODE, timeout=timeout, output_hook=lambda msg: None)
