@@ -104,6 +104,7 @@ class Plan:
     remote_requests:int=50 # requests one after another through each remote client, in each timed run
     shared:int=200 # requests sent by the coroutines sharing one remote client
     shared_timeout:float=30 # seconds they all have, after which a request still waiting hangs
+    starts:int=3 # kernels each remote client starts, timed to their first reply
     many:tuple[int,...]=(1, 4, 16) # stub kernels driven at once from one event loop
     many_requests:int=1_000 # requests pipelined to each of them
     kernels:tuple[str,...]=('stub', 'python3', 'async') # kernel spec names; 'stub' is the stub kernel
@@ -111,7 +112,7 @@ class Plan:
 FULL = Plan()
 QUICK = Plan(repeats=2, stub_batches=(10, 100, 1_000), kernel_batches=(10, 100), stub_requests=500,
              kernel_requests=50, lines=2_000, displays=200, held=500, unread=5_000, sleep=0.5,
-             remote_requests=20, shared=50, shared_timeout=10, many=(1, 4), many_requests=200)
+             remote_requests=20, shared=50, shared_timeout=10, starts=1, many=(1, 4), many_requests=200)
 
 @dataclass
 class Cost:
@@ -835,7 +836,7 @@ async def _remote_clients(srv:LocalServer, name:str, plan:Plan) -> list[dict]:
                     await _time_runs({(cls.name, 1): (lambda k: asked(peer, k), plan.remote_requests, 1)}, None, _nothing, tally)
                 fates[cls.name] = await shared(peer, plan.shared, plan.shared_timeout)
             finally: await peer.close(shutdown=False)
-        for _ in range(plan.repeats):
+        for _ in range(plan.starts):
             for cls in PEERS: starts[cls.name].append(await first_reply(cls(srv), name))
     finally: await km.shutdown_kernel()
     return [dict(_row(name, c, 1, costs, ok), shared=fates[c], first_reply_ms=statistics.median(starts[c]) * 1e3)
@@ -851,20 +852,20 @@ async def _many(srv:LocalServer, plan:Plan) -> list[dict]:
     """ConKernelClient pipelined on each number of stub kernels of `plan.many` at once, from this event loop: kernels of
     its own over ZMQ, and kernels of the server `srv` through its websocket (`RemoteKernelClient`)"""
     most, per, tally = max(plan.many), plan.many_requests, {}
-    local = [await start_kernel('stub') for _ in range(most)]
-    remote = [RemoteKernelManager(srv.url, srv.token, kernel_name='stub') for _ in range(most)]
-    clients = {}
+    local, remote, clients = [], [], {}
     try:
-        for km in remote: await km.start_kernel()
+        for _ in range(most):
+            local.append(await start_kernel('stub'))
+            remote.append(RemoteKernelManager(srv.url, srv.token, kernel_name='stub'))
+            await remote[-1].start_kernel()
         for transport, kms in zip(MANY_TRANSPORTS, (local, remote)):
             clients[transport] = [await km.client().start_channels() for km in kms]
             for kc in clients[transport]:
                 await pipelined(kc, 100); await settle(kc)
         for _ in range(plan.repeats):
             for transport, kcs in clients.items():
-                settled = lambda kcs=kcs: asyncio.gather(*(settle(kc) for kc in kcs))
                 runs = {(transport, k): (lambda _, k=k: at_once(kcs[:k], per), k * per, 1) for k in plan.many}
-                await _time_runs(runs, None, settled, tally)
+                await _time_runs(runs, None, lambda: asyncio.gather(*(settle(kc) for kc in kcs)), tally)
     finally:
         for kc in (kc for kcs in clients.values() for kc in kcs): await kc.astop_channels()
         for km in local + remote: await km.shutdown_kernel(now=True)
