@@ -11,8 +11,10 @@ What is measured. Two clients take turns on one kernel, a round each, so both se
 
 - jupyter_client's `AsyncKernelClient`, used the two ways it can be used safely: one at a time (send, await the
   reply, send the next), and pipelined: every request sent with `execute()`, then the replies read with
-  `get_shell_msg()`, with no routing. Pipelined is *the floor*: any client must at least sign and send each request
-  and receive and check each reply. `jupyter_client + iopub` also reads iopub to the last request's `idle`.
+  `get_shell_msg(timeout=60)`, with no routing. Pipelined is *the floor*: any client must at least sign and send each
+  request and receive and check each reply. `jupyter_client, no timeout` is the same loop at its cheapest, reading
+  with `get_shell_msg()` and no timeout (with one, pyzmq sets and cancels a timer for every read; the batch as a
+  whole is bounded instead). `jupyter_client + iopub` also reads iopub to the last request's `idle`.
 - `ConKernelClient`, one at a time and pipelined: `execute(code, reply=True)` for every request, their futures
   gathered, and `Router.follow` on the last one's `idle`. Its readers receive every iopub message (two status
   messages per request on the stub) and read its parent msg_id, checking and decoding only those someone reads,
@@ -35,27 +37,45 @@ what a Jupyter Server in between costs: the stub kernel and ipykernel behind a r
 its websocket (with and without TCP_QUICKACK) and over ZMQ straight to the kernel.
 ConKernelManager encrypts every kernel whose spec supports it, so the real kernels' rows are all encrypted ones.
 
+The remote clients, side by side on that server and one kernel (stub and ipykernel), each connected alone (the server
+sends every client of a kernel the iopub messages of all): jupyter_server's `GatewayKernelClient` (given the server's
+token on its websocket, which it does not send), datalayer's jupyter-kernel-client and `RemoteKernelClient`. Each
+runs its requests one after another (wall and client CPU per request), then `CALLERS` coroutines share it for a
+batch of requests bounded by `Plan.shared_timeout` (right, wrong, hung, unsent, errors: a peer that is not safe to
+share shows it here, and cannot hang the run), and each starts a kernel of its own: the time to its first reply.
+And one event loop driving 1, 4 and 16 stub kernels at once (`Plan.many`), pipelined: ConKernelClient over ZMQ to
+kernels of its own, and `RemoteKernelClient` to kernels of one server through its websocket.
+
 How to read the figures. Each is the median of the repeats (5, or 2 with `--quick`), per request: requests per
 second, wall µs, and the client's CPU µs (`time.process_time()` of this process, all its threads, ZMQ's I/O thread
 included); the kernel's CPU where psutil sees the kernel process and its total reaches `KERNEL_CPU_MIN`. Ratios
-compare a row's client CPU with the floor's at the same number in flight (ConKernelClient's also with
-`jupyter_client + iopub`): below 1× costs less. The targets are judged on the stub kernel only. Every run checks
-that each request was answered `ok` by its own reply: a row's `answered` equals its `sent`.
+compare a row's client CPU with the floor's at the same number in flight (ConKernelClient's also with the floor
+without timeouts and with `jupyter_client + iopub`): below 1× costs less. The targets are judged on the stub kernel,
+except one per real kernel (ConKernelClient against the floor without timeouts). Every run checks that each request
+was answered `ok` by its own reply: a row's `answered` equals its `sent` (for the remote peers sharing one client,
+that is what the table counts).
 """
 from __future__ import annotations
-import argparse, asyncio, gc, hashlib, hmac, json, logging, os, platform, statistics, subprocess, sys, time, tracemalloc, uuid
+import argparse, asyncio, gc, hashlib, hmac, json, logging, os, platform, statistics, subprocess, sys, threading, time, tracemalloc, uuid
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from queue import Empty
 from typing import Awaitable, Callable
+from unittest import mock
 
-import zmq, zmq.asyncio
+import websocket, zmq, zmq.asyncio
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.kernelspec import NoSuchKernel
 from jupyter_client.session import DELIM, Session, has_orjson
+from jupyter_kernel_client import KernelHttpManager, KernelWebSocketClient
+from jupyter_server.gateway.gateway_client import GatewayClient
+from jupyter_server.gateway.managers import GatewayKernelManager
 from traitlets import default
 
 import conkernelclient.requests # adds `request`, `create_subshell` and `delete_subshell` to ConKernelClient
@@ -84,11 +104,18 @@ class Plan:
     held:int=5_000 # requests held in flight while their heap is measured
     unread:int=50_000 # requests answered, their iopub messages never read, while a client's memory is measured
     sleep:float=1.0 # seconds the main shell sleeps while a subshell request is timed
+    remote_requests:int=50 # requests one after another through each remote client, in each timed run
+    shared:int=200 # requests sent by the coroutines sharing one remote client
+    shared_timeout:float=30 # seconds they all have, after which a request still waiting hangs
+    starts:int=3 # kernels each remote client starts, timed to their first reply
+    many:tuple[int,...]=(1, 4, 16) # stub kernels driven at once from one event loop
+    many_requests:int=1_000 # requests pipelined to each of them
     kernels:tuple[str,...]=('stub', 'python3', 'async') # kernel spec names; 'stub' is the stub kernel
 
 FULL = Plan()
 QUICK = Plan(repeats=2, stub_batches=(10, 100, 1_000), kernel_batches=(10, 100), stub_requests=500,
-             kernel_requests=50, lines=2_000, displays=200, held=500, unread=5_000, sleep=0.5)
+             kernel_requests=50, lines=2_000, displays=200, held=500, unread=5_000, sleep=0.5,
+             remote_requests=20, shared=50, shared_timeout=10, starts=1, many=(1, 4), many_requests=200)
 
 @dataclass
 class Cost:
@@ -166,11 +193,13 @@ async def one_at_a_time(kc:AsyncKernelClient, n:int) -> int:
 
 # `floor` and `floor_iopub` rely on the kernel answering in order, as ipykernel, async-kernel (for plain cells) and the
 # stub do: a reply out of order counts as not answered
-async def floor(kc:AsyncKernelClient, n:int) -> int:
-    "jupyter_client with no routing: send `n` requests with `execute()`, then read `n` replies with `get_shell_msg()`"
+async def floor(kc:AsyncKernelClient, n:int, timeout:float|None=60) -> int:
+    """jupyter_client with no routing: send `n` requests with `execute()`, then read `n` replies with `get_shell_msg()`,
+    each read given `timeout` (None: none, the cheapest loop, with the batch as a whole bounded instead)"""
     mids = [kc.execute(CODE) for _ in range(n)]
-    replies = [await kc.get_shell_msg(timeout=60) for _ in mids]
-    return sum(map(_ok, replies, mids))
+    kw = {} if timeout is None else {'timeout': timeout}
+    async def replies(): return [await kc.get_shell_msg(**kw) for _ in mids]
+    return sum(map(_ok, await asyncio.wait_for(replies(), 60 if timeout is None else None), mids))
 
 async def floor_iopub(kc:AsyncKernelClient, n:int) -> int:
     "`floor`, reading iopub at the same time until the last request's `idle`"
@@ -375,7 +404,9 @@ def _row(kernel:str, client:str, in_flight:int, costs:list[Cost], answered:int) 
                 sent=n * len(costs), answered=answered, requests_per_s=n / wall, wall_us=wall / n * 1e6,
                 cpu_us=cpu / n * 1e6, kernel_cpu_us=kernel_cpu)
 
-PLAIN, PLAIN_IOPUB, CON, LIMIT = 'jupyter_client', 'jupyter_client + iopub', 'ConKernelClient', 'synchronous limit'
+PLAIN, PLAIN_UNTIMED, PLAIN_IOPUB = 'jupyter_client', 'jupyter_client, no timeout', 'jupyter_client + iopub'
+CON, LIMIT = 'ConKernelClient', 'synchronous limit'
+SERIES = (PLAIN, PLAIN_UNTIMED, PLAIN_IOPUB, CON, LIMIT) # the throughput rows of a batch size, in this order
 
 def _sizes(name:str, plan:Plan) -> tuple[tuple[int,...], int]:
     "Batch sizes, and requests per timed run, for the kernel of spec `name`"
@@ -388,8 +419,8 @@ async def _plain_round(km:ConKernelManager, name:str, plan:Plan, proc, tallies:d
     kc = await plain_client(km)
     try:
         await floor(kc, 100); await drain(kc)
-        runs = _runs(PLAIN, lambda n: one_at_a_time(kc, n), {PLAIN: lambda n: floor(kc, n), PLAIN_IOPUB: lambda n: floor_iopub(kc, n)},
-                     total, batches)
+        runs = _runs(PLAIN, lambda n: one_at_a_time(kc, n), {PLAIN: lambda n: floor(kc, n), PLAIN_UNTIMED: lambda n: floor(kc, n, None),
+                                                             PLAIN_IOPUB: lambda n: floor_iopub(kc, n)}, total, batches)
         await _time_runs(runs, proc, lambda: drain(kc), tallies['throughput'])
         await _time_outputs(PLAIN, lambda code: collect_floor(kc, code), output_cells(name, plan), proc, lambda: drain(kc),
                             tallies['outputs'])
@@ -606,29 +637,254 @@ async def _json(km:ConKernelManager, name:str, plan:Plan) -> list[dict]:
 WS, ZMQ = 'websocket', 'ZMQ, direct'
 WS_TRANSPORTS = (ZMQ, WS, f'{WS}, no QUICKACK')
 
-async def _websocket(name:str, plan:Plan) -> list[dict]:
-    "ConKernelClient and a kernel `name` behind a real Jupyter Server: through its websocket, and over ZMQ straight to the kernel"
+async def _websocket(srv:LocalServer, name:str, plan:Plan) -> list[dict]:
+    "ConKernelClient and a kernel `name` of the server `srv`: through its websocket, and over ZMQ straight to the kernel"
     n, total, tally = plan.kernel_batches[-1], plan.kernel_requests, {}
-    async with LocalServer('server', kernels={'stub': stub_spec()}) as srv:
-        km = RemoteKernelManager(srv.url, srv.token, kernel_name=name)
-        await km.start_kernel()
-        def direct() -> ConKernelClient:
-            kc = ConKernelClient()
-            kc.load_connection_file(os.path.join(srv.dir.name, f'kernel-{km.kernel_id}.json'))
-            return kc
-        clients = dict(zip(WS_TRANSPORTS, (direct, km.client, lambda: km.client(quickack=False))))
-        try:
-            for _ in range(plan.repeats):
-                for transport, make in clients.items():
-                    kc = await make().start_channels()
-                    try:
-                        await pipelined(kc, 100); await settle(kc)
-                        runs = {(transport, 1): (lambda k: one_at_a_time(kc, k), min(total, 50), 1),
-                                (transport, n): (lambda k: pipelined(kc, k), n, max(1, total // n))}
-                        await _time_runs(runs, None, lambda: settle(kc), tally)
-                    finally: await kc.astop_channels()
-        finally: await km.shutdown_kernel()
+    km = RemoteKernelManager(srv.url, srv.token, kernel_name=name)
+    await km.start_kernel()
+    def direct() -> ConKernelClient:
+        kc = ConKernelClient()
+        kc.load_connection_file(os.path.join(srv.dir.name, f'kernel-{km.kernel_id}.json'))
+        return kc
+    clients = dict(zip(WS_TRANSPORTS, (direct, km.client, lambda: km.client(quickack=False))))
+    try:
+        for _ in range(plan.repeats):
+            for transport, make in clients.items():
+                kc = await make().start_channels()
+                try:
+                    await pipelined(kc, 100); await settle(kc)
+                    runs = {(transport, 1): (lambda k: one_at_a_time(kc, k), min(total, 50), 1),
+                            (transport, n): (lambda k: pipelined(kc, k), n, max(1, total // n))}
+                    await _time_runs(runs, None, lambda: settle(kc), tally)
+                finally: await kc.astop_channels()
+    finally: await km.shutdown_kernel()
     return [dict(_row(name, CON, k, costs, ok), transport=t) for (t, k), (costs, ok) in tally.items()]
+
+GATEWAY, DATALAYER, REMOTE = 'GatewayKernelClient (jupyter_server)', 'jupyter-kernel-client (datalayer)', 'RemoteKernelClient'
+CALLERS = 10 # coroutines sharing one client in the Remote clients table
+GRACE = 5 # seconds a peer is given past its own timeout before the benchmark stops waiting for it
+
+class Peer:
+    "A remote client compared in the Remote clients table, on a kernel of the `LocalServer` `srv`: `open`, `ask`, `close`"
+    name = ''
+    def __init__(self, srv:LocalServer): self.srv, self.km, self.kc = srv, None, None # its kernel manager and client, once open
+
+    async def open(self, kernel_id:str|None, kernel_name:str):
+        "Connect a client to the kernel `kernel_id`, or (None) to a new kernel of spec `kernel_name` that it starts"
+        raise NotImplementedError
+
+    async def ask(self, timeout:float) -> tuple[str,dict]:
+        "Send one request and wait up to `timeout` s for its reply, as one caller does: the msg_id sent and the reply returned"
+        raise NotImplementedError
+
+    async def ask_shared(self, timeout:float) -> tuple[str,dict]:
+        "`ask`, as each of several coroutines sharing the client does"
+        return await self.ask(timeout)
+
+    async def close(self, shutdown:bool):
+        "Close the client; `shutdown`: shut its kernel down too"
+        raise NotImplementedError
+
+class GatewayPeer(Peer):
+    "jupyter_server's `GatewayKernelClient`, made by its `GatewayKernelManager`, both set up by the `GatewayClient` singleton"
+    name = GATEWAY
+    def __init__(self, srv:LocalServer):
+        super().__init__(srv)
+        GatewayClient.clear_instance()
+        GatewayClient.instance(url=srv.url, auth_token=srv.token)
+
+    async def open(self, kernel_id:str|None, kernel_name:str):
+        self.km = GatewayKernelManager()
+        await self.km.start_kernel(kernel_id=kernel_id, kernel_name=kernel_name)
+        self.kc = self.km.client()
+        # it sends no token on its websocket, which the server refuses (403): the server's token is added for it here
+        header = [f'Authorization: token {self.srv.token}']
+        with mock.patch.object(websocket, 'create_connection', partial(websocket.create_connection, header=header)):
+            await self.kc.start_channels()
+
+    async def ask(self, timeout:float) -> tuple[str,dict]:
+        "jupyter_client's own pattern: `execute()`, then the next reply `get_shell_msg()` gives"
+        mid = self.kc.execute(CODE)
+        try: return mid, await self.kc.get_shell_msg(timeout=timeout)
+        except Empty: raise TimeoutError(f"no reply in {timeout:.1f} s") from None
+
+    async def close(self, shutdown:bool):
+        self.kc.stop_channels()
+        if shutdown: await self.km.shutdown_kernel()
+
+class NotedClient(KernelWebSocketClient):
+    "datalayer's `KernelWebSocketClient`, noting on each thread the msg_id of the last request sent from it"
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.noted = threading.local()
+
+    def execute(self, *args, **kwargs) -> str:
+        self.noted.mid = super().execute(*args, **kwargs)
+        return self.noted.mid
+
+class DatalayerPeer(Peer):
+    "datalayer's jupyter-kernel-client, a synchronous client: its `KernelHttpManager` and `KernelWebSocketClient`"
+    name = DATALAYER
+    def __init__(self, srv:LocalServer):
+        super().__init__(srv)
+        self.pool = ThreadPoolExecutor(CALLERS, thread_name_prefix='datalayer') # for coroutines sharing the client
+
+    async def open(self, kernel_id:str|None, kernel_name:str):
+        self.km = KernelHttpManager(self.srv.url, self.srv.token, kernel_id=kernel_id, client_factory=NotedClient)
+        if kernel_id is None: self.km.start_kernel(kernel_name)
+        self.kc = self.km.client
+        self.kc.start_channels()
+
+    def _ask(self, timeout:float) -> tuple[str,dict]:
+        reply = self.kc.execute_interactive(CODE, timeout=timeout, output_hook=lambda msg: None)
+        return self.kc.noted.mid, reply
+
+    async def ask(self, timeout:float) -> tuple[str,dict]:
+        "`execute_interactive`, called here: it blocks, as a synchronous client does"
+        return self._ask(timeout)
+
+    async def ask_shared(self, timeout:float) -> tuple[str,dict]:
+        "`execute_interactive` on a thread of the peer's own: the way coroutines can share a blocking client"
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._ask, timeout)
+
+    async def close(self, shutdown:bool):
+        self.pool.shutdown(wait=False, cancel_futures=True) # a thread still waiting ends by its own timeout
+        if shutdown: self.km.shutdown_kernel(now=True)
+        # its reader thread, in websocket-client's `run_forever`, may notice a close of its own only at its next select
+        # timeout (10 s), which `stop_channels` waits for: it stops on a thread of its own, not waited for
+        threading.Thread(target=self.kc.stop_channels, name='datalayer-close', daemon=True).start()
+
+class RemotePeer(Peer):
+    "This project's `RemoteKernelClient`, made by its `RemoteKernelManager`"
+    name = REMOTE
+    async def open(self, kernel_id:str|None, kernel_name:str):
+        self.km = RemoteKernelManager(self.srv.url, self.srv.token, kernel_name=kernel_name, kernel_id=kernel_id)
+        await self.km.start_kernel()
+        self.kc = await self.km.client().start_channels()
+
+    async def ask(self, timeout:float) -> tuple[str,dict]:
+        fut = self.kc.execute(CODE, reply=True, timeout=timeout)
+        return fut.msg_id, await fut
+
+    async def close(self, shutdown:bool):
+        await self.kc.astop_channels()
+        if shutdown: await self.km.shutdown_kernel()
+
+PEERS = (GatewayPeer, DatalayerPeer, RemotePeer)
+
+async def asked(peer:Peer, n:int) -> int:
+    "Send `n` requests through `peer`, each once the reply to the one before is in; how many were answered ok by their own reply?"
+    ok = 0
+    for _ in range(n):
+        mid, reply = await peer.ask(60)
+        ok += _ok(reply, mid)
+    return ok
+
+def _fate(reply:dict, mid:str) -> str:
+    "What the reply to the request `mid` is: 'right', 'wrong' (another request's) or 'errors' (its own, but not ok)"
+    if reply['parent_header'].get('msg_id') != mid: return 'wrong'
+    return 'right' if _ok(reply, mid) else 'errors'
+
+async def shared(peer:Peer, n:int, timeout:float) -> dict:
+    """`CALLERS` coroutines sharing `peer`, each sending its share of `n` requests one after another, all within `timeout`
+    s: how many got their own reply (right), another request's (wrong), none in time (hung; the caller then stops, its
+    later requests unsent), or an exception or a reply that is not ok (errors)"""
+    loop, fates = asyncio.get_running_loop(), dict.fromkeys(('right', 'wrong', 'hung', 'unsent', 'errors'), 0)
+    deadline = loop.time() + timeout
+    async def caller(share:int):
+        for i in range(share):
+            left = deadline - loop.time()
+            if left <= 0:
+                fates['unsent'] += share - i
+                return
+            try: mid, reply = await asyncio.wait_for(peer.ask_shared(left), left + GRACE)
+            except TimeoutError:
+                fates['hung'] += 1
+                fates['unsent'] += share - i - 1
+                return
+            except Exception as e:
+                log.debug("%s: %r", peer.name, e)
+                fates['errors'] += 1
+                continue
+            fates[_fate(reply, mid)] += 1
+    t0 = time.perf_counter()
+    await asyncio.gather(*(caller(n // CALLERS) for _ in range(CALLERS)))
+    return dict(fates, requests=n, callers=CALLERS, timeout=timeout, wall_s=time.perf_counter() - t0)
+
+async def first_reply(peer:Peer, name:str) -> float:
+    "Seconds from asking the server for a kernel of spec `name`, through `peer`, to the first reply from it (then shut down)"
+    t0 = time.perf_counter()
+    await peer.open(None, name)
+    try:
+        mid, reply = await peer.ask(60)
+        took = time.perf_counter() - t0
+    finally: await peer.close(shutdown=True)
+    if not _ok(reply, mid): raise AssertionError(f"{peer.name}: no ok first reply")
+    return took
+
+async def _remote_clients(srv:LocalServer, name:str, plan:Plan) -> list[dict]:
+    "Each peer on one kernel `name` of the server `srv`: sequential requests, `CALLERS` coroutines sharing it, and a kernel start"
+    km = RemoteKernelManager(srv.url, srv.token, kernel_name=name)
+    await km.start_kernel()
+    tally, fates, starts = {}, {}, {cls.name: [] for cls in PEERS}
+    try:
+        # one client at a time: the server sends every client of the kernel the iopub messages of all, which a peer's
+        # reader would parse, in this process, while another one is measured
+        for cls in PEERS:
+            peer = cls(srv)
+            await peer.open(km.kernel_id, name)
+            try:
+                await asked(peer, 5)
+                for _ in range(plan.repeats):
+                    await _time_runs({(cls.name, 1): (lambda k: asked(peer, k), plan.remote_requests, 1)}, None, _nothing, tally)
+                fates[cls.name] = await shared(peer, plan.shared, plan.shared_timeout)
+            finally: await peer.close(shutdown=False)
+        for _ in range(plan.starts):
+            for cls in PEERS: starts[cls.name].append(await first_reply(cls(srv), name))
+    finally: await km.shutdown_kernel()
+    return [dict(_row(name, c, 1, costs, ok), shared=fates[c], first_reply_ms=statistics.median(starts[c]) * 1e3)
+            for (c, _), (costs, ok) in tally.items()]
+
+MANY_TRANSPORTS = (ZMQ, WS)
+
+async def at_once(kcs:list[ConKernelClient], n:int) -> int:
+    "`pipelined` on every client of `kcs` at once, `n` requests each; how many were answered ok by their own reply?"
+    return sum(await asyncio.gather(*(pipelined(kc, n) for kc in kcs)))
+
+async def _many(srv:LocalServer, plan:Plan) -> list[dict]:
+    """ConKernelClient pipelined on each number of stub kernels of `plan.many` at once, from this event loop: kernels of
+    its own over ZMQ, and kernels of the server `srv` through its websocket (`RemoteKernelClient`)"""
+    most, per, tally = max(plan.many), plan.many_requests, {}
+    local, remote, clients = [], [], {}
+    try:
+        for _ in range(most):
+            local.append(await start_kernel('stub'))
+            remote.append(RemoteKernelManager(srv.url, srv.token, kernel_name='stub'))
+            await remote[-1].start_kernel()
+        for transport, kms in zip(MANY_TRANSPORTS, (local, remote)):
+            clients[transport] = [await km.client().start_channels() for km in kms]
+            for kc in clients[transport]:
+                await pipelined(kc, 100); await settle(kc)
+        for _ in range(plan.repeats):
+            for transport, kcs in clients.items():
+                runs = {(transport, k): (lambda _, k=k: at_once(kcs[:k], per), k * per, 1) for k in plan.many}
+                await _time_runs(runs, None, lambda: asyncio.gather(*(settle(kc) for kc in kcs)), tally)
+    finally:
+        for kc in (kc for kcs in clients.values() for kc in kcs): await kc.astop_channels()
+        for km in local + remote: await km.shutdown_kernel(now=True)
+    return [dict(_row('stub', CON if t == ZMQ else REMOTE, per, costs, ok), transport=t, kernels=k) for (t, k), (costs, ok) in tally.items()]
+
+SERVED = ('stub', 'python3') # the kernels also measured behind a Jupyter Server
+
+async def _served(name:str, plan:Plan) -> dict:
+    "The tables of kernel `name` behind one real Jupyter Server on loopback: websocket, remote clients, and (stub) many kernels"
+    async with LocalServer('server', kernels={'stub': stub_spec()}) as srv:
+        log.info("%s: behind a Jupyter Server", name)
+        res = dict(websocket=await _websocket(srv, name, plan))
+        log.info("%s: remote clients", name)
+        res['remote_clients'] = await _remote_clients(srv, name, plan)
+        if name == 'stub': log.info("%s: many kernels", name)
+        return dict(res, many=await _many(srv, plan) if name == 'stub' else [])
 
 async def bench_kernel(km:ConKernelManager, name:str, plan:Plan) -> dict:
     "Every measurement of the kernel of spec `name`, run by `km`: throughput, output, memory and concurrency rows"
@@ -640,12 +896,12 @@ async def bench_kernel(km:ConKernelManager, name:str, plan:Plan) -> dict:
         await _plain_round(km, name, plan, proc, tallies)
         await _con_round(km, name, plan, proc, tallies)
         await _limit_round(km, name, plan, proc, tallies)
-    order = {PLAIN: 0, PLAIN_IOPUB: 1, CON: 2, LIMIT: 3}
+    order = SERIES.index
     throughput = [_row(name, client, n, costs, ok) for (client, n), (costs, ok) in tallies['throughput'].items()]
     outputs = [dict(_row(name, client, 1, costs, len(costs)), cell=cell, messages=sorted(counts))
                for (client, cell), (costs, counts) in tallies['outputs'].items()]
-    return dict(throughput=sorted(throughput, key=lambda r: (order[r['client']], r['in_flight'])),
-                outputs=sorted(outputs, key=lambda r: order[r['client']]),
+    return dict(throughput=sorted(throughput, key=lambda r: (order(r['client']), r['in_flight'])),
+                outputs=sorted(outputs, key=lambda r: order(r['client'])),
                 memory=await _memory(km, plan) if name == 'stub' else [],
                 send_path=await _send_path(km, plan) if name == 'stub' else [],
                 unread=await _unread(km, plan) if name == 'stub' else [],
@@ -654,12 +910,13 @@ async def bench_kernel(km:ConKernelManager, name:str, plan:Plan) -> dict:
                 cancellable=[] if name == 'stub' else await _cancellable(km, name, plan),
                 loops=await _loops(km, name, plan),
                 json=await _json(km, name, plan),
-                websocket=await _websocket(name, plan) if name in ('stub', 'python3') else [])
+                **(await _served(name, plan) if name in SERVED else dict(websocket=[], remote_clients=[], many=[])))
 
 def _versions() -> dict:
     "Versions of Python and of the packages measured"
     out = {'python': platform.python_version()}
-    for pkg in ('conkernelclient', 'jupyter_client', 'pyzmq', 'ipykernel', 'async-kernel', 'orjson', 'uvloop'):
+    for pkg in ('conkernelclient', 'jupyter_client', 'pyzmq', 'ipykernel', 'async-kernel', 'orjson', 'uvloop', 'jupyter_server',
+                'jupyter-kernel-client', 'websocket-client'):
         try: out[pkg] = version(pkg)
         except PackageNotFoundError: out[pkg] = None
     return out
@@ -679,8 +936,22 @@ def _ratio(a:float|None, b:float|None) -> float|None: return None if a is None o
 def _target(name:str, value:float|None, limit:float, unit:str='×') -> dict:
     return dict(target=name, value=value, limit=limit, unit=unit, met=None if value is None else value <= limit)
 
+def _untimed_target(kernel:str, rows:list[dict], limit:float) -> dict:
+    "ConKernelClient's client CPU per request at the largest pipelined batch of `kernel`, vs the floor without timeouts"
+    most = max((r['in_flight'] for r in rows if r['client'] == CON), default=0)
+    return _target(f"client CPU per request, {most:,} pipelined, vs the floor without timeouts ({KERNEL_NAMES.get(kernel, kernel)})",
+                   _ratio(_cpu_of(rows, CON, most), _cpu_of(rows, PLAIN_UNTIMED, most)), limit)
+
+def _many_targets(rows:list[dict]) -> list[dict]:
+    "Per transport: client CPU per request with the most stub kernels driven at once, vs one"
+    most = max((r['kernels'] for r in rows), default=0)
+    cpu = {(r['transport'], r['kernels']): r['cpu_us'] for r in rows}
+    return [_target(f"client CPU per request, {most} stub kernels at once vs 1 ({t})", _ratio(cpu.get((t, most)), cpu.get((t, 1))), 1.2)
+            for t in MANY_TRANSPORTS]
+
 def targets(per_kernel:dict) -> list[dict]:
-    "The targets, measured on the stub kernel: is each met? (`met` is None for one that could not be measured)"
+    """The targets, measured on the stub kernel unless they name another kernel (one per real kernel measured): is each
+    met? (`met` is None for one that could not be measured)"""
     stub = per_kernel.get('stub', {})
     rows, outs = stub.get('throughput', []), stub.get('outputs', [])
     most = max((r['in_flight'] for r in rows if r['client'] == CON), default=0)
@@ -690,20 +961,23 @@ def targets(per_kernel:dict) -> list[dict]:
     held = {r['mode']: r['us_per_call'] for r in stub.get('send_path', [])}
     unread = next((r for r in stub.get('unread', []) if r['client'] == CON), None)
     return [_target("client CPU per request, 1,000 pipelined, vs the floor", _ratio(_cpu_of(rows, CON, 1000), _cpu_of(rows, PLAIN, 1000)), 0.5),
+            _target("client CPU per request, 1,000 pipelined, vs the floor without timeouts", _ratio(_cpu_of(rows, CON, 1000), _cpu_of(rows, PLAIN_UNTIMED, 1000)), 0.7),
             _target("client CPU per request, 1,000 pipelined, vs the synchronous limit", _ratio(_cpu_of(rows, CON, 1000), _cpu_of(rows, LIMIT, 1000)), 2.0),
             _target(f"client CPU per request, {most:,} vs 100 in flight", _ratio(_cpu_of(rows, CON, most), _cpu_of(rows, CON, 100)), 1.1),
             _target("heap per outstanding request", heap, 400, 'bytes'),
             _target("event loop held per execute call, queued behind the window vs sent", _ratio(held.get('queued behind the window'), held.get('sent')), 1.0),
             _target("client CPU per output collection, vs the floor (worse cell)", max(outs_ratio, default=None), 1.1),
             _target(f"memory held for unread iopub messages after {unread['requests'] if unread else 0:,} requests",
-                    unread and unread['inbox_mb'], 5, 'MB')]
+                    unread and unread['inbox_mb'], 5, 'MB'),
+            *(_untimed_target(k, res['throughput'], 1.0) for k, res in per_kernel.items() if k != 'stub'),
+            *_many_targets(stub.get('many', []))]
 
 def results(per_kernel:dict, plan:Plan, command:str=COMMAND) -> dict:
     "Everything measured, with the plan, the machine, the versions and the targets: what `write` saves"
     meta = dict(command=command, date=datetime.now(timezone.utc).isoformat(timespec='seconds'), commit=_commit(),
                 machine=f'{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs', versions=_versions())
     return dict(meta=meta, plan=asdict(plan), targets=targets(per_kernel),
-                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'send_path', 'unread', 'concurrency', 'encryption', 'cancellable', 'loops', 'json', 'websocket')})
+                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'send_path', 'unread', 'concurrency', 'encryption', 'cancellable', 'loops', 'json', 'websocket', 'remote_clients', 'many')})
 
 KERNEL_NAMES = {'stub': 'stub kernel (client-bound)', 'python3': 'ipykernel', 'async': 'async-kernel'}
 
@@ -722,13 +996,13 @@ def _targets_md(targets:list[dict]) -> list[str]:
 
 def _throughput_md(rows:list[dict], kernel:str) -> list[str]:
     "The requests table of `kernel`"
-    mine = sorted((r for r in rows if r['kernel'] == kernel), key=lambda r: (r['in_flight'], [PLAIN, PLAIN_IOPUB, CON, LIMIT].index(r['client'])))
+    mine = sorted((r for r in rows if r['kernel'] == kernel), key=lambda r: (r['in_flight'], SERIES.index(r['client'])))
     def vs(r, client): return _f(_ratio(r['cpu_us'], _cpu_of(mine, client, r['in_flight'])), '{:.2f}×')
     body = [[_f(r['in_flight']), r['client'], _f(r['requests_per_s']), _f(r['wall_us']), _f(r['cpu_us']), _f(r['kernel_cpu_us']),
-             vs(r, PLAIN), vs(r, PLAIN_IOPUB) if r['client'] == CON else '']
+             vs(r, PLAIN), *((vs(r, PLAIN_UNTIMED), vs(r, PLAIN_IOPUB)) if r['client'] == CON else ('', ''))]
             for r in mine]
-    return _table(['in flight', 'client', 'requests/s', 'wall µs/request', 'client CPU µs/request',
-                   'kernel CPU µs/request', 'client CPU vs jupyter_client', 'vs jupyter_client + iopub'], body)
+    return _table(['in flight', 'client', 'requests/s', 'wall µs/request', 'client CPU µs/request', 'kernel CPU µs/request',
+                   'client CPU vs jupyter_client', 'vs jupyter_client, no timeout', 'vs jupyter_client + iopub'], body)
 
 def _outputs_md(outs:list[dict]) -> list[str]:
     "The output-collection table"
@@ -804,6 +1078,22 @@ def _websocket_md(rows:list[dict]) -> list[str]:
     return _versus_md(rows, 'transport', 'transport', ZMQ, ['wall_us', 'cpu_us'], 'cpu_us', 'client CPU vs ZMQ direct',
                       key=lambda r: (r['kernel'], r['in_flight'], WS_TRANSPORTS.index(r['transport'])))
 
+def _remote_clients_md(rows:list[dict]) -> list[str]:
+    "The remote-clients table"
+    body = []
+    for r in rows:
+        ours, sh = next(o for o in rows if o['kernel'] == r['kernel'] and o['client'] == REMOTE), r['shared']
+        body.append([KERNEL_NAMES.get(r['kernel'], r['kernel']), r['client'], _f(r['wall_us']), _f(r['cpu_us']),
+                     _f(_ratio(r['cpu_us'], ours['cpu_us']), '{:.2f}×'), *(_f(sh[k]) for k in ('right', 'wrong', 'hung', 'unsent', 'errors')),
+                     _f(sh['wall_s'], '{:,.1f}'), _f(r['first_reply_ms'])])
+    return _table(['kernel', 'client', 'wall µs/request', 'client CPU µs/request', 'CPU vs RemoteKernelClient', 'shared: right',
+                   'wrong', 'hung', 'unsent', 'errors', 'took s', 'kernel start to first reply, ms'], body)
+
+def _many_md(rows:list[dict]) -> list[str]:
+    "The many-kernels table"
+    return _versus_md(rows, 'kernels', 'stub kernels', 1, ['wall_us', 'cpu_us'], 'cpu_us', 'client CPU vs 1 kernel',
+                      key=lambda r: (MANY_TRANSPORTS.index(r['transport']), r['kernels']), clients=True)
+
 def markdown(res:dict) -> str:
     "The results as a markdown document"
     m, p = res['meta'], res['plan']
@@ -811,12 +1101,14 @@ def markdown(res:dict) -> str:
     out = ['# conkernelclient benchmark', '',
            f"`{m['command']}` on {m['date']} ({m['machine']}; {vs}; commit {m['commit'] or '?'}). "
            f"Medians of {p['repeats']} runs. The floor is jupyter_client's `AsyncKernelClient` pipelined: send every "
-           "request with `execute()`, then read every reply with `get_shell_msg()`, with no routing; at 1 in flight it "
-           "awaits each reply before sending the next. ipykernel and async-kernel run encrypted (CurveZMQ), as "
+           "request with `execute()`, then read every reply with `get_shell_msg(timeout=60)`, with no routing; at 1 in flight it "
+           "awaits each reply before sending the next. `jupyter_client, no timeout` is the same loop at its cheapest: "
+           "`get_shell_msg()` with no timeout, so no timer is set and cancelled for each read. ipykernel and async-kernel run encrypted (CurveZMQ), as "
            "ConKernelManager starts them; the stub kernel over plain TCP. CPU is the client process's own (`time.process_time`, all "
            "threads); kernel CPU is shown where it reached a measurable total. ConKernelClient keeps at most its "
            "`window` (500) requests unanswered per shell; the rest of a batch waits in the client.", '',
-           '## Targets', '', 'Measured on the stub kernel, where the client is the bottleneck.', '', *_targets_md(res['targets']),
+           '## Targets', '', 'Measured on the stub kernel, where the client is the bottleneck, unless they name another kernel.', '',
+           *_targets_md(res['targets']),
            '', '## Requests', '']
     for kernel in dict.fromkeys(r['kernel'] for r in res['throughput']):
         out += [f'### {KERNEL_NAMES.get(kernel, kernel)}', '', *_throughput_md(res['throughput'], kernel), '']
@@ -855,10 +1147,26 @@ def markdown(res:dict) -> str:
             '', '## Remote kernels', '', 'ConKernelClient and one kernel started by a real Jupyter Server on loopback: '
             "`RemoteKernelClient` through the server's kernel websocket (v1 protocol), with and without `TCP_QUICKACK`, "
             'and `ConKernelClient` over ZMQ straight to the same kernel, through its connection file. The server runs '
-            'kernels unencrypted, as jupyter_server does by default.', '', *_websocket_md(res['websocket'])]
+            'kernels unencrypted, as jupyter_server does by default.', '', *_websocket_md(res['websocket']),
+            '', '## Remote clients', '', "Three clients of the same kernel on the same `jupyter server`, one after another: "
+            "jupyter_server's own `GatewayKernelClient` (made by its `GatewayKernelManager`, set up by `GatewayClient`; it "
+            "sends no token on its websocket, so the benchmark adds the server's token to its handshake), datalayer's "
+            "jupyter-kernel-client (`KernelHttpManager` and its `KernelWebSocketClient`, a synchronous client), and "
+            f"`RemoteKernelClient`. Sequential: {p['remote_requests']} requests one after another, each sent once the reply "
+            "to the one before is in (`execute()` then `get_shell_msg()` for `GatewayKernelClient`, `execute_interactive` for "
+            f"datalayer's, `execute(reply=True)` for ours). Shared: {p['shared']:,} requests from {CALLERS} coroutines sharing "
+            "one client, each sending its share one after another with the same calls (datalayer's from threads of its own), "
+            f"all within {p['shared_timeout']:g} s: how many got their own reply (right), another request's (wrong), none in "
+            "time (hung, after which that coroutine sent no more: unsent) or an exception (errors), and how long that took. "
+            "Kernel start: from asking the server for a new kernel, through the client's own manager, to its first reply.",
+            '', *_remote_clients_md(res['remote_clients']),
+            '', '## Many kernels', '', 'One event loop driving several stub kernels at once, '
+            f"{p['many_requests']:,} requests pipelined to each (the in-flight column is per kernel): ConKernelClient over "
+            "ZMQ to kernels of its own, and `RemoteKernelClient` through the websocket of one `jupyter server` running them. "
+            'Client CPU per request should not grow with the number of kernels.', '', *_many_md(res['many'])]
     return '\n'.join(out) + '\n'
 
-STYLES = {PLAIN: dict(ls='--', marker='o'), PLAIN_IOPUB: dict(ls=':', marker='s'), CON: dict(ls='-', marker='D'),
+STYLES = {PLAIN: dict(ls='--', marker='o'), PLAIN_UNTIMED: dict(ls='--', marker='v'), PLAIN_IOPUB: dict(ls=':', marker='s'), CON: dict(ls='-', marker='D'),
           LIMIT: dict(ls='-.', marker='x')}
 
 def plot(res:dict, path:Path):
@@ -931,6 +1239,7 @@ def main(argv:list[str]|None=None) -> int:
     "Run the benchmark and write its results"
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s', datefmt='%H:%M:%S')
+    for chatty in ('traitlets', 'websocket'): logging.getLogger(chatty).setLevel(logging.WARNING) # the remote peers' every connection
     wanted = [k for k in args.kernels.split(',') if k]
     for name in wanted:
         if not available(name): log.warning("no kernel spec %r: skipped", name)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent/'bench'/'bench.py'
-PLAIN, PLAIN_IOPUB, CON = 'jupyter_client', 'jupyter_client + iopub', 'ConKernelClient'
+PLAIN, PLAIN_UNTIMED, PLAIN_IOPUB, CON = 'jupyter_client', 'jupyter_client, no timeout', 'jupyter_client + iopub', 'ConKernelClient'
+PEERS = ('GatewayKernelClient (jupyter_server)', 'jupyter-kernel-client (datalayer)', 'RemoteKernelClient')
 KERNELS = {'stub': 'stub kernel (client-bound)', 'python3': 'ipykernel', 'async': 'async-kernel'}
 
 pytestmark = pytest.mark.timeout(300)
@@ -37,15 +38,21 @@ def test_row_and_targets(monkeypatch):
     assert [round(r[k]) for k in ('sent', 'requests_per_s', 'wall_us', 'cpu_us', 'kernel_cpu_us')] == [300, 500, 2000, 600, 2000]
     assert b._row('k', 'c', 10, [b.Cost(100, 0.1, 0.05, 0.01)], 100)['kernel_cpu_us'] is None
     fake = dict(throughput=[dict(client=PLAIN, in_flight=1000, cpu_us=100), dict(client=CON, in_flight=1000, cpu_us=150),
-                            dict(client=CON, in_flight=100, cpu_us=140), dict(client='synchronous limit', in_flight=1000, cpu_us=50)],
+                            dict(client=CON, in_flight=100, cpu_us=140), dict(client='synchronous limit', in_flight=1000, cpu_us=50),
+                            dict(client=PLAIN_UNTIMED, in_flight=1000, cpu_us=120)],
                 outputs=[dict(client=PLAIN, cell='x', cpu_us=10), dict(client=CON, cell='x', cpu_us=9)],
                 memory=[dict(window=500, timeout=60, bytes_per_request=400)],
                 send_path=[dict(mode='sent', us_per_call=40), dict(mode='queued behind the window', us_per_call=50)],
-                unread=[dict(client='jupyter_client', requests=50_000, inbox_mb=None), dict(client=CON, requests=50_000, inbox_mb=6.5)])
+                unread=[dict(client='jupyter_client', requests=50_000, inbox_mb=None), dict(client=CON, requests=50_000, inbox_mb=6.5)],
+                many=[dict(transport=t, kernels=k, cpu_us=c) for t, k, c in
+                      (('ZMQ, direct', 1, 100), ('ZMQ, direct', 16, 110), ('websocket', 1, 200), ('websocket', 16, 260))])
     assert [(round(t['value'], 2), t['met']) for t in b.targets({'stub': fake})] == [
-        (1.5, False), (3.0, False), (1.07, True), (400, True), (1.25, False), (0.9, True), (6.5, False)]
-    assert '50,000 requests' in b.targets({'stub': fake})[-1]['target']
-    assert [t['met'] for t in b.targets({'python3': fake})] == [None] * 7
+        (1.5, False), (1.25, False), (3.0, False), (1.07, True), (400, True), (1.25, False), (0.9, True), (6.5, False), (1.1, True), (1.3, False)]
+    assert '50,000 requests' in b.targets({'stub': fake})[7]['target']
+    assert '16 stub kernels at once vs 1 (websocket)' in b.targets({'stub': fake})[-1]['target']
+    # a real kernel has a target of its own, against the floor without timeouts at its largest batch; the stub's are unmeasured
+    real = b.targets({'python3': fake})
+    assert [t['met'] for t in real] == [None] * 8 + [False, None, None] and '(ipykernel)' in real[8]['target']
 
 
 def test_help():
@@ -68,7 +75,7 @@ def test_every_request_answered(res):
     for kernel in KERNELS:
         batches = plan['stub_batches'] if kernel == 'stub' else plan['kernel_batches']
         rows = [r for r in res['throughput'] if r['kernel'] == kernel]
-        clients = (PLAIN, PLAIN_IOPUB, CON, 'synchronous limit') if kernel == 'stub' else (PLAIN, PLAIN_IOPUB, CON)
+        clients = (PLAIN, PLAIN_UNTIMED, PLAIN_IOPUB, CON, *(('synchronous limit',) if kernel == 'stub' else ()))
         assert sorted((r['client'], r['in_flight']) for r in rows) == sorted(
             [(PLAIN, 1), (CON, 1), *((c, n) for n in batches for c in clients)])
         for r in rows:
@@ -168,9 +175,34 @@ def test_websocket(res):
     assert all(r['answered'] == r['sent'] > 0 and r['cpu_us'] > 0 for r in rows)
 
 
+def test_remote_clients(res):
+    """Each peer on the stub kernel and ipykernel behind one server: every sequential request answered by its own reply;
+    every shared request accounted for, and RemoteKernelClient's each answered by its own; a first reply after a start"""
+    rows = res['remote_clients']
+    assert [(r['kernel'], r['client']) for r in rows] == [(k, c) for k in ('stub', 'python3') for c in PEERS]
+    for r in rows:
+        sh = r['shared']
+        assert r['in_flight'] == 1 and r['requests'] == res['plan']['remote_requests'] and r['answered'] == r['sent'] > 0, r
+        assert (sh['requests'], sh['callers'], sh['timeout']) == (res['plan']['shared'], 10, res['plan']['shared_timeout']), r
+        assert sum(sh[k] for k in ('right', 'wrong', 'hung', 'unsent', 'errors')) == sh['requests'], r
+        assert r['cpu_us'] > 0 and r['first_reply_ms'] > 0, r
+    assert all(r['shared']['right'] == r['shared']['requests'] for r in rows if r['client'] == 'RemoteKernelClient')
+
+
+def test_many_kernels(res):
+    "Each transport drives each number of stub kernels of the plan at once, every request answered by its own reply"
+    rows, plan = res['many'], res['plan']
+    assert [(r['transport'], r['client'], r['kernels']) for r in rows] == [
+        (t, c, k) for t, c in (('ZMQ, direct', CON), ('websocket', 'RemoteKernelClient')) for k in plan['many']]
+    for r in rows:
+        assert r['kernel'] == 'stub' and r['in_flight'] == plan['many_requests'] and r['requests'] == r['kernels'] * plan['many_requests'], r
+        assert r['answered'] == r['sent'] == r['requests'] * r['repeats'] and r['cpu_us'] > 0, r
+
+
 def test_targets(res):
-    "All seven targets have a value and a verdict (whatever it is)"
-    assert [t['unit'] for t in res['targets']] == ['×', '×', '×', 'bytes', '×', '×', 'MB']
+    "Every target has a value and a verdict (whatever it is): the stub kernel's, one per real kernel, one per many-kernels transport"
+    assert [t['unit'] for t in res['targets']] == ['×', '×', '×', '×', 'bytes', '×', '×', 'MB', '×', '×', '×', '×']
+    assert [t['target'].rsplit('(', 1)[-1] for t in res['targets'][8:]] == ['ipykernel)', 'async-kernel)', 'ZMQ, direct)', 'websocket)']
     assert all(t['value'] > 0 and t['met'] in (True, False) for t in res['targets'])
 
 
@@ -184,5 +216,6 @@ def test_markdown_and_plot(res, out):
         rows = [l for l in section.split('\n## ')[0].splitlines() if l.startswith('| ')]
         assert len(rows) - 1 == sum(r['kernel'] == kernel for r in res['throughput']) # less the header row
     for head in ('## Targets', '## Output collection', '## Memory', '## Unread iopub', '## Send path', '## Concurrency', '## Encryption', '## Cancellable requests',
-                 '## Event loops', '## JSON libraries', '## Remote kernels'): assert f'\n{head}\n' in md
+                 '## Event loops', '## JSON libraries', '## Remote kernels', '## Remote clients', '## Many kernels'):
+        assert f'\n{head}\n' in md
     assert (out/'bench.png').read_bytes()[:4] == b'\x89PNG'
