@@ -202,10 +202,11 @@ def said(resp:HTTPResponse) -> str:
 async def _refused(server:Server, resp:HTTPResponse, what:str) -> ServerError:
     "The named error for the error answer `resp` to `what`"
     code, words = resp.code, said(resp)
-    words = f": {words}" if words else ''
+    words = f" (the server says: {words})" if words else ''
     if code in (401, 403):
-        why = words or (": no token was given" if not server.token and not server.logged_in else ": the credentials are not the server's")
-        return ServerAuthError(server.scrub(f"{server.url} refused {what} (HTTP {code}){why}"))
+        given = server.token or server._password is not None or server.http_user or server.headers
+        why = "the credentials are not the server's" if given else "no token or password was given"
+        return ServerAuthError(server.scrub(f"{server.url} refused {what} (HTTP {code}): {why}{words}"))
     if code == 404:
         api = await server.fetch(server.request('/api'))
         if api.code == 404: return NoAPIError(f"no Jupyter API at {server.url}: check its base path (HTTP 404 on {what})")

@@ -17,7 +17,7 @@ from conkernelclient.stubkernel import stub_spec
 from conkernelclient.remote import (ConnectionLostError, KernelNotFoundError, LocalServer, RemoteKernelClient,
                                     RemoteKernelManager, ReplyLostError, ServerAuthError, ServerGoneError,
                                     ServerUnreachableError)
-from kit import Gate, Relay, ask, check, collect, running, started
+from kit import Gate, Relay, Remote, ask, check, collect, running, started
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -29,29 +29,6 @@ def server(request, aio_loop):
     aio_loop.run_until_complete(srv.__aenter__())
     yield srv
     aio_loop.run_until_complete(srv.__aexit__())
-
-
-class Remote:
-    "Kernels started on a server, and their clients, for one test; `close` stops the clients and deletes the kernels"
-    def __init__(self, srv:LocalServer): self.srv, self.kms, self.clients = srv, [], []
-
-    async def kernel(self, **kw) -> RemoteKernelManager:
-        km = RemoteKernelManager(self.srv.url, self.srv.token, **kw)
-        self.kms.append(km)
-        await km.start_kernel()
-        return km
-
-    async def client(self, km:RemoteKernelManager, **traits) -> RemoteKernelClient:
-        kc = km.client(**traits)
-        self.clients.append(kc)
-        return await kc.start_channels()
-
-    async def close(self):
-        for kc in self.clients: await kc.astop_channels()
-        for km in self.kms:
-            try: await km.shutdown_kernel()
-            except ServerUnreachableError: pass # a test stopped the server
-        await asyncio.gather(*asyncio.all_tasks() - {asyncio.current_task()}, return_exceptions=True)
 
 
 @pytest.fixture
