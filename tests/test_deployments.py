@@ -60,6 +60,7 @@ def served(aio_loop):
         opened.append(Remote(srv))
         return opened[-1]
     async def close():
+        for kc in [kc for r in opened for kc in r.clients]: await kc.astop_channels() # each close waits for every task
         for r in opened:
             await r.close()
             await r.srv.__aexit__()
@@ -163,3 +164,34 @@ async def test_urls_as_pasted_and_bearer(served, caplog):
     await works(r, auth_scheme='Bearer')
     with pytest.raises(ServerAuthError, match='HTTP 403') as e: await RemoteKernelManager(f'{r.srv.url}/lab?token=not-{tok}').start_kernel()
     secrets_absent([tok], *texts, e.value, *(rec.getMessage() for rec in caplog.records))
+
+
+async def test_launching_as_gateways_expect(served, tmp_path):
+    """On a Kernel Gateway, the call's and the process's KERNEL_* variables reach the kernel, `cwd` as
+    KERNEL_WORKING_DIR; on a Jupyter Server, `cwd` is the kernel's `path`; kernel_name=None is the server's default spec"""
+    gw = await served(LocalServer('gateway'))
+    os.environ['KERNEL_FROM_PROCESS'] = 'p'
+    try: km = await gw.kernel(launch=dict(env={'KERNEL_FROM_CALL': 'c', 'NOT_SENT': 'x'}, cwd='/some/dir'))
+    finally: del os.environ['KERNEL_FROM_PROCESS']
+    kc = await gw.client(km)
+    fut = ask(kc, "[os.environ.get(k) for k in ('KERNEL_FROM_PROCESS', 'KERNEL_FROM_CALL', 'KERNEL_WORKING_DIR', 'NOT_SENT')] if (os := __import__('os')) else 0")
+    check(await fut, fut, ['p', 'c', '/some/dir', None])
+    js = await served(LocalServer())
+    os.makedirs(os.path.join(js.srv.dir.name, 'work', 'sub'))
+    km = await js.kernel(launch=dict(cwd='work/sub'))
+    assert km.kernel_name == 'python3' # the server's default
+    kc = await js.client(km)
+    fut = ask(kc, "__import__('os').getcwd()")
+    check(await fut, fut, os.path.realpath(os.path.join(js.srv.dir.name, 'work', 'sub')))
+
+
+async def test_refusals_say_what_the_server_said(served):
+    "A URL without the server's base path is NoAPIError; a launch the server fails carries its message"
+    srv = LocalServer(args=('--ServerApp.base_url=/base/',))
+    srv.url += '/base'
+    r = await served(srv)
+    without = srv.url.removesuffix('/base')
+    with pytest.raises(NoAPIError, match='check its base path'): await RemoteKernelManager(without, srv.token).start_kernel()
+    with pytest.raises(ServerError, match=r'HTTP 500 \(the server says: Unhandled error\)'):
+        await RemoteKernelManager(srv.url, srv.token, kernel_name='no-such-spec').start_kernel()
+    await works(r)
