@@ -133,8 +133,7 @@ async def _connect(self:KernelWebsocket):
         await self.server.log_in()
         conn = await websocket_connect(self.server.request(path, ws=True), on_message_callback=on_message,
                                        subprotocols=[self.subprotocol] if self.subprotocol else None,
-                                       max_message_size=2**31 - 1, ping_interval=self.ping_interval,
-                                       ping_timeout=self.ping_timeout)
+                                       max_message_size=2**31 - 1)
     except HTTPClientError as e:
         if e.code == 599 or e.response is None: raise _unreachable(self.server, e) from None
         raise await _refused(self.server, e.response, f"the websocket of kernel {self.kernel_id}") from None
@@ -170,9 +169,28 @@ async def _run(self:KernelWebsocket):
         if since is not None and self.on_reconnect is not None: self.on_reconnect({m['header']['msg_id'] for _, m in waiting})
         for name, msg in waiting: self._write(name, msg)
         for ch in self.channels.values(): ch.listening.set()
-        await self.dropped
+        keepalive = asyncio.ensure_future(self._keepalive(conn)) if self.ping_interval else None
+        try: await self.dropped
+        finally:
+            if keepalive is not None: keepalive.cancel()
         self.conn, since = None, time.monotonic()
         log.warning("the websocket of kernel %s dropped: reconnecting", self.kernel_id)
+
+@patch
+async def _keepalive(self:KernelWebsocket, conn):
+    "Ping `conn` every `ping_interval` s; if no pong comes within `ping_timeout` s (a half-open peer), drop it at once"
+    pong = asyncio.Event()
+    conn.on_pong = lambda data: pong.set()
+    while True:
+        await asyncio.sleep(self.ping_interval)
+        pong.clear()
+        try: conn.ping()
+        except WebSocketClosedError: return
+        try: await asyncio.wait_for(pong.wait(), self.ping_timeout or self.ping_interval)
+        except TimeoutError:
+            log.warning("the websocket of kernel %s answered no ping in %s s: reconnecting", self.kernel_id, self.ping_timeout or self.ping_interval)
+            return conn.stream.close() # not a closing handshake, which a silent peer would never answer
+
 
 # %% ../nbs/02_remote.ipynb #a3df99a4
 @patch
@@ -330,6 +348,7 @@ def _aside(self:RemoteKernelClient, ch:WebsocketChannel, msg:dict, then:Callable
     "Send `msg` on `ch`, past the window, as a request of the client's own: its iopub messages are nobody's; `then` runs after its reply"
     mid = msg['header']['msg_id']
     quiet = self.iopub_channel.router.follow(mid, is_idle)
+    quiet.add_done_callback(lambda f: f.cancelled() or f.exception()) # its failure, when the client closes, is nobody's
     reply = ch.router.expect(mid, None)
     ch._transmit(msg)
     async def answered():

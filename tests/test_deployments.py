@@ -4,7 +4,7 @@ gateways expect; and a reverse proxy of the test's own in front of a server (a h
 passing failures of the liveness poll, idle connections cut, a half-open connection, a slow launch). No token or
 password shows in any text the tests capture."""
 from __future__ import annotations
-import asyncio, base64, datetime, ipaddress, logging, os, time
+import asyncio, base64, datetime, ipaddress, json, logging, os, re, time
 
 import pytest
 from cryptography import x509
@@ -16,7 +16,7 @@ from jupyter_server.auth import passwd
 from conkernelclient import KernelDiedError
 from conkernelclient.remote import (KernelLaunchTimeoutError, LocalServer, NoAPIError, RemoteKernelManager, Server,
                                     ServerAuthError, ServerError, ServerNotRunningError, ServerTLSError, call)
-from kit import Relay, Remote, ask, check
+from kit import Gate, Relay, Remote, ask, check, running
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -195,3 +195,182 @@ async def test_refusals_say_what_the_server_said(served):
     with pytest.raises(ServerError, match=r'HTTP 500 \(the server says: Unhandled error\)'):
         await RemoteKernelManager(srv.url, srv.token, kernel_name='no-such-spec').start_kernel()
     await works(r)
+
+
+
+class Proxy(Relay):
+    """A reverse proxy of the test's own in front of the server at `port`, which reads the head of each request (one a
+    connection: tornado's client does not keep REST connections alive): it answers 403 without the headers of
+    `demand`, and 401 without the HTTP basic auth `basic`; it answers each (method, path pattern, status) of `answers`
+    once, to the first request that matches, instead of the server; it holds the server's answer to a launch for
+    `delay` s; it cuts connections quiet for `idle` s; `silence()` stops forwarding without closing (half-open)"""
+    def __init__(self, port:int, demand:dict[str,str]|None=None, basic:tuple[str,str]|None=None,
+                 answers:list[tuple[str,str,int]]=(), delay:float=0, idle:float|None=None):
+        super().__init__(port)
+        self.demand, self.basic, self.answers, self.delay, self.idle = demand or {}, basic, list(answers), delay, idle
+        self.answered = asyncio.Event() # every one of `answers` was given
+        self.speaking = asyncio.Event()
+        self.speaking.set()
+        self.cuts = 0 # connections cut for idleness
+
+    @property
+    def url(self) -> str: return f'http://127.0.0.1:{self.local_port}'
+
+    def silence(self): self.speaking.clear()
+
+    def _refusal(self, method:str, path:str, headers:dict[str,str]) -> tuple[int,str]|None:
+        "The status and reason the proxy answers instead of the server, if any"
+        if any(headers.get(k.lower()) != v for k, v in self.demand.items()): return 403, f"the proxy wants {', '.join(self.demand)}"
+        if self.basic and headers.get('authorization') != 'Basic ' + base64.b64encode(':'.join(self.basic).encode()).decode():
+            return 401, "the proxy wants HTTP basic auth"
+        for i, (m, pattern, status) in enumerate(self.answers):
+            if m == method and re.fullmatch(pattern, path.split('?')[0]):
+                del self.answers[i]
+                if not self.answers: self.answered.set()
+                return status, f"the proxy answers {status}"
+
+    async def _relay(self, cr, cw):
+        try: head = await cr.readuntil(b'\r\n\r\n')
+        except (asyncio.IncompleteReadError, ConnectionError): return cw.transport.abort()
+        line, *fields = head.decode('latin-1').split('\r\n')
+        method, path = line.split()[:2]
+        headers = {k.strip().lower(): v.strip() for k, _, v in (f.partition(':') for f in fields if f)}
+        if (refusal := self._refusal(method, path, headers)) is not None:
+            body = json.dumps({'reason': refusal[1], 'message': ''}).encode()
+            extra = 'WWW-Authenticate: Basic realm="proxy"\r\n' if refusal[0] == 401 else ''
+            cw.write(f'HTTP/1.1 {refusal[0]} Refused\r\nContent-Type: application/json\r\n{extra}Content-Length: '
+                     f'{len(body)}\r\nConnection: close\r\n\r\n'.encode() + body)
+            await cw.drain()
+            return cw.close()
+        kr, kw = await asyncio.open_connection('127.0.0.1', self.port)
+        kw.write(head)
+        heard = [time.monotonic()]
+        launch = method == 'POST' and path.split('?')[0].endswith('/api/kernels')
+        pipes = [asyncio.ensure_future(self._forward(cr, kw, heard)),
+                 asyncio.ensure_future(self._forward(kr, cw, heard, self.delay if launch else 0))]
+        if self.idle: pipes.append(asyncio.ensure_future(self._cut_idle(heard)))
+        self.writers |= {cw, kw}
+        self.tasks |= set(pipes)
+        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        for t in pipes: t.cancel()
+        for w in (cw, kw): w.transport.abort()
+        self.writers -= {cw, kw}
+        self.tasks -= set(pipes)
+
+    async def _forward(self, r, w, heard:list[float], delay:float=0):
+        "Pass what `r` reads to `w`, after `delay` s, while the proxy speaks"
+        while data := await r.read(65536):
+            heard[0] = time.monotonic()
+            if delay: await asyncio.sleep(delay)
+            delay = 0
+            await self.speaking.wait()
+            w.write(data)
+            await w.drain()
+
+    async def _cut_idle(self, heard:list[float]):
+        "Return (ending the connection) once nothing has passed for `idle` s"
+        while (quiet := time.monotonic() - heard[0]) < self.idle: await asyncio.sleep(self.idle - quiet)
+        self.cuts += 1
+
+
+async def proxied(r:Remote, proxy:Proxy, km:RemoteKernelManager|None=None, **options):
+    "A client, through `proxy`, of kernel `km` of `r`'s server (a new one if None), made with manager `options` and client traits"
+    km = km or await r.kernel()
+    traits = {k: options.pop(k) for k in list(options) if k in ('ping_interval', 'ping_timeout', 'liveness_interval', 'poke_after')}
+    kc = RemoteKernelManager(proxy.url, r.srv.token, kernel_id=km.kernel_id, **options).client(**traits)
+    r.clients.append(kc)
+    await kc.start_channels()
+    return km, kc
+
+
+async def test_a_proxy_with_a_header_and_basic_auth(served, monkeypatch, caplog):
+    """A proxy that demands a header of its own: refused by name, with the proxy's reason, without it; works with
+    headers= or JUPYTER_GATEWAY_HEADERS (REST and websocket). A proxy that asks for HTTP basic auth in front of a
+    server without a token: http_user/http_pwd (or user:password in the URL) work, and no password shows"""
+    caplog.set_level(logging.DEBUG)
+    r = await served(LocalServer())
+    async with Proxy(r.srv.port, demand={'X-Proxy-Key': 'k1'}) as proxy:
+        with pytest.raises(ServerAuthError, match='the server says: the proxy wants X-Proxy-Key'):
+            await RemoteKernelManager(proxy.url, r.srv.token).start_kernel()
+        await proxied(r, proxy, headers={'X-Proxy-Key': 'k1'})
+        monkeypatch.setenv('JUPYTER_GATEWAY_HEADERS', '{"X-Proxy-Key": "k1"}')
+        km, kc = await proxied(r, proxy)
+        fut = ask(kc, '6*7')
+        check(await fut, fut, 42)
+    open_ = await served(LocalServer(token=''))
+    async with Proxy(open_.srv.port, basic=('ann', 'pw-s3cret')) as proxy:
+        with pytest.raises(ServerAuthError, match='HTTP 401'): await RemoteKernelManager(proxy.url).start_kernel()
+        km, kc = await proxied(open_, proxy, http_user='ann', http_pwd='pw-s3cret')
+        inline = RemoteKernelManager(f'http://ann:pw-s3cret@127.0.0.1:{proxy.local_port}/lab', kernel_id=km.kernel_id)
+        assert await inline.is_alive()
+        fut = ask(kc, '6*7')
+        check(await fut, fut, 42)
+        secrets_absent(['pw-s3cret'], km, kc, kc.ws, inline, inline.server.url, *(rec.getMessage() for rec in caplog.records))
+
+
+async def test_liveness_cannot_switch_itself_off(served, tmp_path):
+    """A proxy answers the liveness poll 503, then a hub's 424, then 502: each is a passing failure, the client stays
+    open; then the kernel is deleted on the server, and the waiter fails within 5 s, saying the kernel is gone"""
+    r = await served(LocalServer())
+    poll = r'/api/kernels/[-0-9a-f]+'
+    async with Proxy(r.srv.port, answers=[('GET', poll, 503), ('GET', poll, 424), ('GET', poll, 502)]) as proxy:
+        km, kc = await proxied(r, proxy, liveness_interval=0.2)
+        waiting = kc.execute('import time; time.sleep(60)', reply=True, timeout=None)
+        await running(kc, waiting)
+        await asyncio.wait_for(proxy.answered.wait(), 10)
+        fut = kc.request('kernel_info', channel='control')
+        assert (await fut)['msg_type'] == 'kernel_info_reply' and not waiting.done()
+        await RemoteKernelManager(r.srv.url, r.srv.token, kernel_id=km.kernel_id).shutdown_kernel()
+        with pytest.raises(KernelDiedError, match='is gone from .*deleted, or culled'): await asyncio.wait_for(waiting, 5)
+
+
+async def test_a_hub_whose_user_server_is_not_running(served):
+    "A hub answering 424 (or redirecting) for a user's server that is not running: ServerNotRunningError says so"
+    r = await served(LocalServer())
+    async with Proxy(r.srv.port, answers=[('POST', r'/api/kernels', 424), ('POST', r'/api/kernels', 302)]) as proxy:
+        for code in (424, 302):
+            with pytest.raises(ServerNotRunningError, match=f"HTTP {code}: the user's server is not running"):
+                await RemoteKernelManager(proxy.url, r.srv.token).start_kernel()
+
+
+async def test_idle_connections_cut_by_a_proxy(served):
+    """A proxy cuts connections quiet for 3 s: a client pinging every second keeps its websocket through 10 s of
+    quiet; one without pings is cut and reconnects; both requests, running through the quiet, get their replies"""
+    r = await served(LocalServer())
+    async with Proxy(r.srv.port, idle=3) as proxy:
+        # no pokes: a client pokes a kernel that is silent with requests in flight, which would be traffic too
+        _, pinging = await proxied(r, proxy, ping_interval=1, poke_after=None)
+        _, quiet = await proxied(r, proxy, ping_interval=None, poke_after=None)
+        conns = pinging.ws.conn, quiet.ws.conn
+        futs = [ask(kc, "__import__('time').sleep(10) or 42", timeout=None) for kc in (pinging, quiet)]
+        for fut in futs: check(await fut, fut, 42)
+        assert pinging.ws.conn is conns[0] and quiet.ws.conn is not conns[1] and proxy.cuts >= 1
+
+
+async def test_a_half_open_connection(served):
+    """The proxy goes silent without closing (a NAT or proxy gone): the client's pings find it within ping_interval +
+    ping_timeout, it reconnects once the path is back, and the request in flight gets its reply"""
+    r = await served(LocalServer())
+    async with Proxy(r.srv.port) as proxy:
+        _, kc = await proxied(r, proxy, ping_interval=1, ping_timeout=1)
+        fut = ask(kc, "__import__('time').sleep(3) or 42", timeout=None)
+        await running(kc, fut)
+        dropped = kc.ws.dropped
+        proxy.silence()
+        await asyncio.wait_for(dropped, 1 + 1 + 1) # ping_interval + ping_timeout, and a second for the loop
+        proxy.cut() # the silent connections go, as a dead NAT's do
+        proxy.speaking.set()
+        check(await fut, fut, 42)
+
+
+async def test_a_launch_slower_than_the_timeout(served, monkeypatch):
+    """A launch whose answer comes after `launch_timeout` (the proxy holds it, as a gateway launching a pod does):
+    KernelLaunchTimeoutError says so, and the kernel the server made is deleted: no orphan"""
+    r = await served(LocalServer())
+    monkeypatch.setenv('KERNEL_LAUNCH_TIMEOUT', '0')
+    async with Proxy(r.srv.port, delay=3) as proxy:
+        km = RemoteKernelManager(proxy.url, r.srv.token, request_timeout=1, launch_timeout_pad=0.5)
+        assert km.server.launch_timeout == 1
+        with pytest.raises(KernelLaunchTimeoutError, match='timed out after 1 s; the server made it anyway, and it was deleted'):
+            await km.start_kernel()
+    assert await call(Server(r.srv.url, r.srv.token), '/api/kernels') == []
