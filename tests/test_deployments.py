@@ -203,11 +203,13 @@ class Proxy(Relay):
     connection: tornado's client does not keep REST connections alive): it answers 403 without the headers of
     `demand`, and 401 without the HTTP basic auth `basic`; it answers each (method, path pattern, status) of `answers`
     once, to the first request that matches, instead of the server; it holds the server's answer to a launch for
-    `delay` s; it cuts connections quiet for `idle` s; `silence()` stops forwarding without closing (half-open)"""
+    `delay` s; it cuts connections quiet for `idle` s; `silence()` stops forwarding without closing (half-open); with
+    `sticky`, it sets a cookie on each answer and refuses a websocket upgrade without it, as a load balancer does"""
     def __init__(self, port:int, demand:dict[str,str]|None=None, basic:tuple[str,str]|None=None,
-                 answers:list[tuple[str,str,int]]=(), delay:float=0, idle:float|None=None):
+                 answers:list[tuple[str,str,int]]=(), delay:float=0, idle:float|None=None, sticky:bool=False):
         super().__init__(port)
         self.demand, self.basic, self.answers, self.delay, self.idle = demand or {}, basic, list(answers), delay, idle
+        self.sticky = sticky
         self.answered = asyncio.Event() # every one of `answers` was given
         self.speaking = asyncio.Event()
         self.speaking.set()
@@ -223,6 +225,8 @@ class Proxy(Relay):
         if any(headers.get(k.lower()) != v for k, v in self.demand.items()): return 403, f"the proxy wants {', '.join(self.demand)}"
         if self.basic and headers.get('authorization') != 'Basic ' + base64.b64encode(':'.join(self.basic).encode()).decode():
             return 401, "the proxy wants HTTP basic auth"
+        if self.sticky and path.split('?')[0].endswith('/channels') and 'lb=node-1' not in headers.get('cookie', ''):
+            return 403, "the load balancer wants its cookie"
         for i, (m, pattern, status) in enumerate(self.answers):
             if m == method and re.fullmatch(pattern, path.split('?')[0]):
                 del self.answers[i]
@@ -247,7 +251,7 @@ class Proxy(Relay):
         heard = [time.monotonic()]
         launch = method == 'POST' and path.split('?')[0].endswith('/api/kernels')
         pipes = [asyncio.ensure_future(self._forward(cr, kw, heard)),
-                 asyncio.ensure_future(self._forward(kr, cw, heard, self.delay if launch else 0))]
+                 asyncio.ensure_future(self._forward(kr, cw, heard, self.delay if launch else 0, self.sticky))]
         if self.idle: pipes.append(asyncio.ensure_future(self._cut_idle(heard)))
         self.writers |= {cw, kw}
         self.tasks |= set(pipes)
@@ -257,12 +261,13 @@ class Proxy(Relay):
         self.writers -= {cw, kw}
         self.tasks -= set(pipes)
 
-    async def _forward(self, r, w, heard:list[float], delay:float=0):
-        "Pass what `r` reads to `w`, after `delay` s, while the proxy speaks"
+    async def _forward(self, r, w, heard:list[float], delay:float=0, cookie:bool=False):
+        "Pass what `r` reads to `w`, after `delay` s, while the proxy speaks; with `cookie`, set the proxy's in the answer's head"
         while data := await r.read(65536):
             heard[0] = time.monotonic()
             if delay: await asyncio.sleep(delay)
-            delay = 0
+            if cookie: data = data.replace(b'\r\n', b'\r\nSet-Cookie: lb=node-1; Path=/\r\n', 1)
+            delay, cookie = 0, False
             await self.speaking.wait()
             w.write(data)
             await w.drain()
@@ -374,3 +379,30 @@ async def test_a_launch_slower_than_the_timeout(served, monkeypatch):
         with pytest.raises(KernelLaunchTimeoutError, match='timed out after 1 s; the server made it anyway, and it was deleted'):
             await km.start_kernel()
     assert await call(Server(r.srv.url, r.srv.token), '/api/kernels') == []
+
+
+async def test_cookies_and_token_renewal(served):
+    """A load balancer that sets a stickiness cookie and refuses a websocket without it: accept_cookies=True carries
+    the cookie from REST to the websocket; without it, the websocket is refused by name. A token_renewer is asked
+    for the token before each request, REST and websocket"""
+    r = await served(LocalServer())
+    km = await r.kernel()
+    async with Proxy(r.srv.port, sticky=True) as proxy:
+        forgetful = RemoteKernelManager(proxy.url, r.srv.token, kernel_id=km.kernel_id)
+        await forgetful.start_kernel() # attaching asks REST first
+        with pytest.raises(ServerAuthError, match='the load balancer wants its cookie'): await forgetful.client().start_channels()
+        sticky = RemoteKernelManager(proxy.url, r.srv.token, kernel_id=km.kernel_id, accept_cookies=True)
+        await sticky.start_kernel()
+        assert sticky.server.cookies['lb'].value == 'node-1'
+        kc = sticky.client()
+        r.clients.append(kc)
+        await kc.start_channels()
+        fut = ask(kc, '6*7')
+        check(await fut, fut, 42)
+    asked = []
+    renewed = RemoteKernelManager(r.srv.url, 'expired', token_renewer=lambda: asked.append(1) or r.srv.token, kernel_id=km.kernel_id)
+    await renewed.start_kernel()
+    kc = renewed.client()
+    r.clients.append(kc)
+    await kc.start_channels()
+    assert len(asked) >= 2 and kc.ws.conn is not None
