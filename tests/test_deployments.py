@@ -406,3 +406,22 @@ async def test_cookies_and_token_renewal(served):
     r.clients.append(kc)
     await kc.start_channels()
     assert len(asked) >= 2 and kc.ws.conn is not None
+
+
+def test_the_blocking_client_on_remote_kernels(aio_loop):
+    """ConBlockingKernelClient.remote: a kernel it starts on a server (URL as pasted), requests from 8 threads at once
+    each answered; another attaches by kernel_id with the same options and leaves the kernel running; the owner deletes it"""
+    from concurrent.futures import ThreadPoolExecutor
+    from conkernelclient.blocking import ConBlockingKernelClient
+    srv = LocalServer(token='')
+    aio_loop.run_until_complete(srv.__aenter__())
+    try:
+        with ConBlockingKernelClient.remote(srv.url + '/lab', cwd='.') as bkc:
+            assert bkc.owns_kernel
+            value = lambda i: bkc.execute(f'{i}', reply=True, user_expressions={'v': f'{i}*{i}'})['content']['user_expressions']['v']['data']['text/plain']
+            with ThreadPoolExecutor(8) as pool: assert list(pool.map(value, range(40))) == [str(i * i) for i in range(40)]
+            with ConBlockingKernelClient.remote(srv.url, kernel_id=bkc.kernel_id) as other:
+                assert not other.owns_kernel and other.execute('6*7', reply=True)['content']['status'] == 'ok'
+            assert aio_loop.run_until_complete(RemoteKernelManager(srv.url, kernel_id=bkc.kernel_id).is_alive())
+        assert aio_loop.run_until_complete(call(Server(srv.url), '/api/kernels')) == []
+    finally: aio_loop.run_until_complete(srv.__aexit__())
