@@ -425,3 +425,23 @@ def test_the_blocking_client_on_remote_kernels(aio_loop):
             assert aio_loop.run_until_complete(RemoteKernelManager(srv.url, kernel_id=bkc.kernel_id).is_alive())
         assert aio_loop.run_until_complete(call(Server(srv.url), '/api/kernels')) == []
     finally: aio_loop.run_until_complete(srv.__aexit__())
+
+
+def test_the_command_on_a_mutual_tls_server(aio_loop, pki):
+    """`python -m conkernelclient --server URL --ca-certs --client-cert --client-key --header --env --cwd`, the token
+    from the environment: runs on a server that asks for a client certificate; --insecure trusts any certificate"""
+    import subprocess, sys
+    client = dict(client_cert=f'{pki}/client.pem', client_key=f'{pki}/client.key')
+    srv = LocalServer(args=tls(pki, client_ca=True), scheme='https', ca_certs=f'{pki}/ca.pem', **client)
+    aio_loop.run_until_complete(srv.__aenter__())
+    try:
+        env = dict(os.environ, JUPYTER_TOKEN=srv.token)
+        base = [sys.executable, '-m', 'conkernelclient', '--server', f'{srv.url}/lab', '--client-cert', client['client_cert'],
+                '--client-key', client['client_key'], '--header', 'X-Test: 1', '--env', 'KERNEL_X=1', '--cwd', '.']
+        for opts in (['--ca-certs', f'{pki}/ca.pem'], ['--insecure']):
+            done = subprocess.run(base + opts + ['print(6*7)'], env=env, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0 and '42' in done.stdout, done.stderr
+        done = subprocess.run(base + ['print(6*7)'], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and 'pass ca_certs=' in done.stderr and srv.token not in done.stderr
+        assert aio_loop.run_until_complete(call(Server(srv.url, srv.token, **srv.options), '/api/kernels')) == []
+    finally: aio_loop.run_until_complete(srv.__aexit__())
