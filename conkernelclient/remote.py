@@ -25,8 +25,8 @@ from traitlets.log import get_logger
 from conkernelclient.core import (ChannelsClosedError, ConKernelClient, ConKernelError, ConSession, KernelDiedError,
                                   KernelRestartedError, RoutedChannel, is_idle, restart_clients)
 from conkernelclient.server import (KernelNotFoundError, NoAPIError, Server, ServerAuthError, ServerError,
-                                    ServerNotRunningError, ServerRefusedError, ServerTimeoutError, ServerTLSError, ServerUnreachableError,
-                                    _refused, _unreachable, call)
+                                    ServerNotRunningError, ServerRefusedError, ServerTimeoutError, ServerTLSError,
+                                    ServerUnreachableError, _refused, _unreachable, call)
 
 log = logging.getLogger(__name__)
 
@@ -469,12 +469,12 @@ async def start_kernel(self:RemoteKernelManager, env:dict[str,str]|None=None, cw
     if cwd is not None: body['path'] = cwd
     what = f"a new {self.kernel_name!r} kernel" if self.kernel_name else "a new kernel of its default spec"
     try: model = await call(self.server, '/api/kernels', 'POST', body, what=what, timeout=self.server.launch_timeout)
-    except ServerTimeoutError as e: raise await self._orphan(kid, e) from None
+    except ServerTimeoutError: raise await self._orphan(kid) from None
     self.kernel_id, self.kernel_name = model['id'], model.get('name') or self.kernel_name
 
 @patch
-async def _orphan(self:RemoteKernelManager, kid:str, e:ServerTimeoutError) -> KernelLaunchTimeoutError:
-    "The error for the launch of kernel `kid` that timed out with `e`, once the kernel is deleted if the server makes it"
+async def _orphan(self:RemoteKernelManager, kid:str) -> KernelLaunchTimeoutError:
+    "The error for the launch of kernel `kid` that timed out, once the kernel is deleted if the server makes it"
     wait = self.server.launch_timeout
     deadline, said = time.monotonic() + wait, f"the launch of kernel {kid} on {self.server.url} timed out after {wait} s"
     while time.monotonic() < deadline:
@@ -587,7 +587,8 @@ async def _ready(self:LocalServer, timeout:float=60):
             self.log.seek(0)
             raise ServerUnreachableError(f"{self.kind} exited with {self.proc.returncode}: {self.log.read()[-2000:]}")
         try: return await call(server, '/api')
-        except (ServerRefusedError, ServerTimeoutError):
+        except ServerTLSError: raise # no use waiting: the certificates are wrong
+        except ServerUnreachableError:
             if time.monotonic() > deadline: raise
         await asyncio.sleep(0.05)
 

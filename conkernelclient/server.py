@@ -8,7 +8,7 @@ Docs: https://conkernelclient.github.io/conkernelclient/server.html.md"""
 from __future__ import annotations
 import json, logging, os, ssl
 from http.cookies import CookieError, SimpleCookie
-from typing import Callable, Iterable
+from typing import Callable
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from fastcore.basics import patch
@@ -108,12 +108,15 @@ class Server:
         if not url: raise ValueError("no server URL: pass url=..., or set JUPYTER_GATEWAY_URL")
         self.url, url_token, user, pwd = split_url(url)
         self.ws_url = _env('WS_URL', ws_url, 'ws' + self.url.removeprefix('http')).rstrip('/')
-        self._token = token if token is not None else url_token or _env('AUTH_TOKEN', None, os.environ.get('JUPYTER_TOKEN', ''))
+        if token is None: token = url_token or _env('AUTH_TOKEN', None, os.environ.get('JUPYTER_TOKEN', ''))
+        self._token = token
         self.headers = _env('HEADERS', headers, {}, json.loads)
-        self.auth_scheme, self.auth_header_key = _env('AUTH_SCHEME', auth_scheme, 'token'), _env('AUTH_HEADER_KEY', auth_header_key, 'Authorization')
-        self.ca_certs, self.client_cert, self.client_key = _env('CA_CERTS', ca_certs, None), _env('CLIENT_CERT', client_cert, None), _env('CLIENT_KEY', client_key, None)
-        self.validate_cert = _env('VALIDATE_CERT', validate_cert, True, bool)
-        self.connect_timeout, self.request_timeout = _env('CONNECT_TIMEOUT', connect_timeout, 40.0, float), _env('REQUEST_TIMEOUT', request_timeout, 42.0, float)
+        self.auth_scheme = _env('AUTH_SCHEME', auth_scheme, 'token')
+        self.auth_header_key = _env('AUTH_HEADER_KEY', auth_header_key, 'Authorization')
+        self.ca_certs, self.validate_cert = _env('CA_CERTS', ca_certs, None), _env('VALIDATE_CERT', validate_cert, True, bool)
+        self.client_cert, self.client_key = _env('CLIENT_CERT', client_cert, None), _env('CLIENT_KEY', client_key, None)
+        self.connect_timeout = _env('CONNECT_TIMEOUT', connect_timeout, 40.0, float)
+        self.request_timeout = _env('REQUEST_TIMEOUT', request_timeout, 42.0, float)
         self.launch_timeout_pad = _env('LAUNCH_TIMEOUT_PAD', launch_timeout_pad, 2.0, float)
         self.accept_cookies = _env('ACCEPT_COOKIES', accept_cookies, False, bool)
         self.http_user, self._http_pwd = _env('HTTP_USER', http_user, user), _env('HTTP_PWD', http_pwd, pwd)
@@ -134,6 +137,11 @@ def launch_timeout(self:Server) -> float:
 def token(self:Server) -> str:
     "The token to send now: `token_renewer`'s if given, else the one given"
     return self.token_renewer() if self.token_renewer is not None else self._token
+
+@patch(as_prop=True)
+def has_token(self:Server) -> bool:
+    "Is the server called with a token? (Without one, it keeps a cookie session.) Asks no `token_renewer`"
+    return bool(self._token or self.token_renewer)
 
 # %% ../nbs/01a_server.ipynb #f145402a
 @patch
@@ -170,7 +178,7 @@ def took(self:Server, headers:HTTPHeaders):
         try: jar.load(line)
         except CookieError: continue
         for name, morsel in jar.items():
-            if self.accept_cookies or not self.token or name == '_xsrf': self.cookies[name] = morsel
+            if self.accept_cookies or not self.has_token or name == '_xsrf': self.cookies[name] = morsel
 
 # %% ../nbs/01a_server.ipynb #9cb73c69
 def _tls(server:Server, e:ssl.SSLError) -> ServerTLSError:
@@ -204,7 +212,7 @@ async def _refused(server:Server, resp:HTTPResponse, what:str) -> ServerError:
     code, words = resp.code, said(resp)
     words = f" (the server says: {words})" if words else ''
     if code in (401, 403):
-        given = server.token or server._password is not None or server.http_user or server.headers
+        given = server.has_token or server._password is not None or server.http_user or server.headers
         why = "the credentials are not the server's" if given else "no token or password was given"
         return ServerAuthError(server.scrub(f"{server.url} refused {what} (HTTP {code}): {why}{words}"))
     if code == 404:
@@ -230,7 +238,7 @@ async def fetch(self:Server, req:HTTPRequest) -> HTTPResponse:
 @patch
 async def log_in(self:Server):
     "Set up the cookie session of a server without a token: log in with `password`, or take the `_xsrf` cookie"
-    if self.logged_in or self.token: return
+    if self.logged_in or self.has_token: return
     await self.fetch(self.request('/login'))
     if self._password is not None:
         req = self.request('/login', 'POST')

@@ -16,7 +16,7 @@ from jupyter_server.auth import passwd
 from conkernelclient import KernelDiedError
 from conkernelclient.remote import (KernelLaunchTimeoutError, LocalServer, NoAPIError, RemoteKernelManager, Server,
                                     ServerAuthError, ServerError, ServerNotRunningError, ServerTLSError, call)
-from kit import Gate, Relay, Remote, ask, check, running
+from kit import Relay, Remote, ask, check, running
 
 pytestmark = pytest.mark.timeout(120)
 
