@@ -147,6 +147,7 @@ def _gone(self:KernelWebsocket, e:ConKernelError, since:float|None) -> ConKernel
     "The error that ends the connection for good after `e` (the first connection's, or a drop's `since` then), or None to retry"
     if since is None or isinstance(e, ServerAuthError): return e
     if isinstance(e, KernelNotFoundError): return KernelDiedError(f"kernel {self.kernel_id} is gone from {self.server.url}")
+    if isinstance(e, ServerNotRunningError): return KernelDiedError(f"kernel {self.kernel_id} is gone with the user's server: {e}")
     if time.monotonic() - since > self.reconnect_timeout:
         return ConnectionLostError(f"the websocket of kernel {self.kernel_id} dropped, and reconnecting failed for "
                                    f"{self.reconnect_timeout} s: {e}")

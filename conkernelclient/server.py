@@ -206,22 +206,23 @@ def said(resp:HTTPResponse) -> str:
     if not isinstance(body, dict): return ''
     return '; '.join(str(body[k])[:500] for k in ('reason', 'message') if body.get(k))
 
-# %% ../nbs/01a_server.ipynb #c0905683
+# %% ../nbs/01a_server.ipynb #1fbdd9bd
+_MOVED = (301, 302, 303, 307, 424) # a hub's answers for a user's server that is not running
+
 async def _refused(server:Server, resp:HTTPResponse, what:str) -> ServerError:
     "The named error for the error answer `resp` to `what`"
     code, words = resp.code, said(resp)
     words = f" (the server says: {words})" if words else ''
+    api = (await server.fetch(server.request('/api'))).code if code in (401, 403, 404) else None
+    if code in _MOVED or api in _MOVED:
+        return ServerNotRunningError(server.scrub(f"{server.url} answered {what} with HTTP {code}: the user's server is not "
+                                                  f"running (start it from the hub){words}"))
+    if api == 404: return NoAPIError(f"no Jupyter API at {server.url}: check its base path (HTTP {code} on {what})")
     if code in (401, 403):
         given = server.has_token or server._password is not None or server.http_user or server.headers
         why = "the credentials are not the server's" if given else "no token or password was given"
         return ServerAuthError(server.scrub(f"{server.url} refused {what} (HTTP {code}): {why}{words}"))
-    if code == 404:
-        api = await server.fetch(server.request('/api'))
-        if api.code == 404: return NoAPIError(f"no Jupyter API at {server.url}: check its base path (HTTP 404 on {what})")
-        return KernelNotFoundError(server.scrub(f"{server.url} has no {what} (HTTP 404){words}"))
-    if code == 424 or code in (301, 302, 303, 307):
-        return ServerNotRunningError(server.scrub(f"{server.url} answered {what} with HTTP {code}: the user's server is not "
-                                                  f"running (start it from the hub){words}"))
+    if code == 404: return KernelNotFoundError(server.scrub(f"{server.url} has no {what} (HTTP 404){words}"))
     return ServerError(server.scrub(f"{server.url} answered {what} with HTTP {code}{words}"))
 
 # %% ../nbs/01a_server.ipynb #8c14c692

@@ -15,7 +15,8 @@ from jupyter_server.auth import passwd
 
 from conkernelclient import KernelDiedError
 from conkernelclient.remote import (KernelLaunchTimeoutError, LocalServer, NoAPIError, RemoteKernelManager, Server,
-                                    ServerAuthError, ServerError, ServerNotRunningError, ServerTLSError, call)
+                                    ServerAuthError, ServerError, ServerNotRunningError, ServerTLSError,
+                                    ServerUnreachableError, call)
 from kit import Relay, Remote, ask, check, running
 
 pytestmark = pytest.mark.timeout(120)
@@ -445,3 +446,131 @@ def test_the_command_on_a_mutual_tls_server(aio_loop, pki):
         assert done.returncode == 2 and 'pass ca_certs=' in done.stderr and srv.token not in done.stderr
         assert aio_loop.run_until_complete(call(Server(srv.url, srv.token, **srv.options), '/api/kernels')) == []
     finally: aio_loop.run_until_complete(srv.__aexit__())
+
+
+def _proxy_command() -> str|None:
+    "configurable-http-proxy: the one .ci/run installs (.ci-node), else one on PATH, else None"
+    import shutil
+    local = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.ci-node', 'node_modules', '.bin', 'configurable-http-proxy')
+    return local if os.path.exists(local) else shutil.which('configurable-http-proxy')
+
+
+class Hub:
+    """`async with Hub(tmp) as hub:` a JupyterHub on loopback (its proxy, configurable-http-proxy, from npm), with the
+    SimpleLocalProcessSpawner and DummyAuthenticator, user `ann`, and service `runner` whose token (`hub.service_token`)
+    has `access:servers`; stopped (with its proxy and user servers) on exit"""
+    def __init__(self, root):
+        from conkernelclient.remote import _free_port
+        self.root, self.port, self.api_port, self.hub_port = root, _free_port(), _free_port(), _free_port()
+        self.url, self.service_token, self.proc = f'http://127.0.0.1:{self.port}', 'service-' + os.urandom(8).hex(), None
+
+    def config(self) -> str:
+        import sys
+        return f"""c = get_config()
+c.JupyterHub.ip, c.JupyterHub.port, c.JupyterHub.hub_ip, c.JupyterHub.hub_port = '127.0.0.1', {self.port}, '127.0.0.1', {self.hub_port}
+c.ConfigurableHTTPProxy.api_url = 'http://127.0.0.1:{self.api_port}'
+c.ConfigurableHTTPProxy.command = [{_proxy_command()!r}]
+c.JupyterHub.authenticator_class, c.JupyterHub.spawner_class = 'dummy', 'simple'
+c.Spawner.cmd, c.Spawner.args = [{sys.executable!r}, '-m', 'jupyterhub.singleuser'], ['--ServerApp.allow_root=True']
+c.Authenticator.allowed_users = {{'ann'}}
+c.JupyterHub.db_url, c.JupyterHub.cookie_secret = 'sqlite:///:memory:', b'0' * 32
+c.JupyterHub.services = [{{'name': 'runner', 'api_token': {self.service_token!r}}}]
+c.JupyterHub.load_roles = [{{'name': 'runner', 'scopes': ['access:servers', 'servers', 'tokens', 'read:users'], 'services': ['runner']}}]
+"""
+
+    async def __aenter__(self):
+        import subprocess, sys
+        (self.root/'jupyterhub_config.py').write_text(self.config())
+        self.log = open(self.root/'log', 'w+')
+        self.proc = subprocess.Popen([sys.executable, '-m', 'jupyterhub', '-f', 'jupyterhub_config.py'], cwd=self.root,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.api = Server(self.url, self.service_token)
+        deadline = time.monotonic() + 60
+        while True:
+            try: return await call(self.api, '/hub/api/') and self
+            except (ServerUnreachableError, ServerError): # its proxy answers 404 until the hub has added its routes
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.log.seek(0)
+                    said = self.log.read()[-2000:]
+                    await self.__aexit__()
+                    raise ServerUnreachableError(f"the hub did not start: {said}") from None
+            await asyncio.sleep(0.1)
+
+    async def __aexit__(self, *exc):
+        import signal
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            for _ in range(200):
+                if self.proc.poll() is not None: break
+                await asyncio.sleep(0.05)
+        try: os.killpg(self.proc.pid, signal.SIGKILL) # what is left of its group: the proxy, a user's server
+        except ProcessLookupError: pass
+        self.proc.wait()
+        self.log.close()
+
+    async def start(self, user:str='ann'):
+        "Start `user`'s server and wait until the hub says it is ready"
+        await call(self.api, f'/hub/api/users/{user}/server', 'POST')
+        while not (await call(self.api, f'/hub/api/users/{user}'))['servers'].get('', {}).get('ready'): await asyncio.sleep(0.1)
+
+    async def token(self, user:str='ann') -> str:
+        "A new API token of `user`'s own"
+        return (await call(self.api, f'/hub/api/users/{user}/tokens', 'POST', {'note': 'test'}))['token']
+
+
+def _hub_missing() -> str|None:
+    "Why the JupyterHub tests cannot run here, or None"
+    try: import jupyterhub # noqa: F401
+    except ImportError: return "jupyterhub is not installed (the dev extra has it)"
+    if _proxy_command() is None: return "no configurable-http-proxy: npm install --prefix .ci-node configurable-http-proxy (.ci/run does)"
+
+
+@pytest.fixture
+def hub(aio_loop, tmp_path):
+    "A started JupyterHub with user ann's server running"
+    if (why := _hub_missing()) is not None: pytest.skip(why)
+    h = Hub(tmp_path)
+    aio_loop.run_until_complete(h.__aenter__())
+    try:
+        aio_loop.run_until_complete(h.start())
+        yield h
+    finally: aio_loop.run_until_complete(h.__aexit__())
+
+
+async def test_a_hub_user_server(hub, caplog):
+    """JupyterHub: a user's token and a service token with access:servers both reach the user's server at
+    /user/ann/ (URL as pasted, …/lab?token=…); 100 requests in flight on one client, each answered; no token in any
+    captured text"""
+    caplog.set_level(logging.DEBUG)
+    user = await hub.token()
+    texts = []
+    for tok in (user, hub.service_token):
+        km = RemoteKernelManager(f'{hub.url}/user/ann/lab?token={tok}')
+        await km.start_kernel()
+        kc = await km.client().start_channels()
+        try:
+            futs = [ask(kc, f'{i}*{i}') for i in range(100)]
+            for i, (fut, reply) in enumerate(zip(futs, await asyncio.gather(*futs))): check(reply, fut, i * i)
+            texts += [km, kc, kc.ws, km.server.url]
+        finally:
+            await kc.astop_channels()
+            await km.shutdown_kernel()
+    secrets_absent([user, hub.service_token], *texts, *(rec.getMessage() for rec in caplog.records))
+
+
+async def test_the_hub_stops_the_user_server(hub):
+    """The hub stops the user's server with requests in flight: every waiter fails with KernelDiedError within 5 s,
+    saying the user's server is gone; a new kernel is refused with ServerNotRunningError"""
+    tok = await hub.token()
+    km = RemoteKernelManager(f'{hub.url}/user/ann/', tok)
+    await km.start_kernel()
+    kc = await km.client().start_channels()
+    try:
+        futs = [kc.execute('import time; time.sleep(60)', reply=True, timeout=None), ask(kc, '1', timeout=None)]
+        await running(kc, futs[0])
+        await call(hub.api, '/hub/api/users/ann/server', 'DELETE')
+        res = await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), 5)
+        assert [type(r) for r in res] == [KernelDiedError] * 2 and "the user's server" in str(res[0]), res
+        with pytest.raises(ServerNotRunningError, match="the user's server is not running"):
+            await RemoteKernelManager(f'{hub.url}/user/ann/', tok).start_kernel()
+    finally: await kc.astop_channels()
