@@ -221,7 +221,8 @@ async def _refused(server:Server, resp:HTTPResponse, what:str) -> ServerError:
     if code in (401, 403):
         given = server.has_token or server._password is not None or server.http_user or server.headers
         why = "the credentials are not the server's" if given else "no token or password was given"
-        return ServerAuthError(server.scrub(f"{server.url} refused {what} (HTTP {code}): {why}{words}"))
+        if said(resp) not in ('', 'Forbidden', 'Unauthorized'): why = f"the server says: {said(resp)}" # a reason of its own
+        return ServerAuthError(server.scrub(f"{server.url} refused {what} (HTTP {code}): {why}"))
     if code == 404: return KernelNotFoundError(server.scrub(f"{server.url} has no {what} (HTTP 404){words}"))
     return ServerError(server.scrub(f"{server.url} answered {what} with HTTP {code}{words}"))
 

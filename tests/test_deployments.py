@@ -574,3 +574,60 @@ async def test_the_hub_stops_the_user_server(hub):
         with pytest.raises(ServerNotRunningError, match="the user's server is not running"):
             await RemoteKernelManager(f'{hub.url}/user/ann/', tok).start_kernel()
     finally: await kc.astop_channels()
+
+
+EG_PINS = ('jupyter_enterprise_gateway>=3.3,<3.4', 'jupyter_client<7', 'pyzmq<25', 'ipykernel<7')
+
+
+def _eg_venv() -> str:
+    """The virtualenv Enterprise Gateway runs from (3.3 pins jupyter_server 1.x, jupyter_client 6 and ipykernel 6):
+    .ci-eg in the repository, made (with pip, from the package index) if it is not there yet"""
+    import subprocess, sys
+    venv = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.ci-eg')
+    if not os.path.exists(os.path.join(venv, 'bin', 'jupyter-enterprisegateway')):
+        subprocess.run([sys.executable, '-m', 'venv', venv], check=True)
+        subprocess.run([os.path.join(venv, 'bin', 'pip'), 'install', '-q', *EG_PINS], check=True, timeout=600)
+    return venv
+
+
+class EnterpriseGateway(LocalServer):
+    "A stock Enterprise Gateway (its local process proxy) on loopback, from `venv`, whose bin is first on its PATH (its kernel spec runs `python`)"
+    def __init__(self, venv:str, **kw):
+        super().__init__('gateway', **kw)
+        self.venv, self.kind = venv, 'enterprise gateway'
+
+    def command(self, root:str) -> list[str]:
+        opts = dict(ip='127.0.0.1', port=self.port, port_retries=0, auth_token=self.token)
+        return ['env', f"PATH={self.venv}/bin:{os.environ['PATH']}", f'{self.venv}/bin/jupyter-enterprisegateway',
+                *(f'--EnterpriseGatewayApp.{k}={v}' for k, v in opts.items()), *self.args]
+
+
+@pytest.fixture(scope='module')
+def enterprise(aio_loop):
+    "An Enterprise Gateway for the module's tests"
+    try: venv = _eg_venv()
+    except Exception as e: pytest.skip(f"no virtualenv for Enterprise Gateway: {e}")
+    srv = EnterpriseGateway(venv)
+    aio_loop.run_until_complete(srv.__aenter__())
+    yield srv
+    aio_loop.run_until_complete(srv.__aexit__())
+
+
+async def test_enterprise_gateway(enterprise, monkeypatch):
+    """A stock Enterprise Gateway, run as root: a start without KERNEL_USERNAME is refused with EG's own reason; with
+    it (and KERNEL_LAUNCH_TIMEOUT from the environment, which also sets how long the client waits) the kernel starts,
+    sees both, and answers 200 concurrent requests, each to its caller"""
+    r = Remote(enterprise)
+    try:
+        monkeypatch.delenv('KERNEL_USERNAME', raising=False)
+        with pytest.raises(ServerAuthError, match="the server says: User '.*' is not authorized .*Ensure KERNEL_USERNAME is set"):
+            await RemoteKernelManager(enterprise.url, enterprise.token).start_kernel()
+        monkeypatch.setenv('KERNEL_LAUNCH_TIMEOUT', '50')
+        km = await r.kernel(launch=dict(env={'KERNEL_USERNAME': 'ann'}))
+        assert km.server.launch_timeout == 52
+        kc = await r.client(km)
+        fut = ask(kc, "[__import__('os').environ.get(k) for k in ('KERNEL_USERNAME', 'KERNEL_LAUNCH_TIMEOUT')]")
+        check(await fut, fut, ['ann', '50'])
+        futs = [ask(kc, f'{i}*{i}') for i in range(200)]
+        for i, (fut, reply) in enumerate(zip(futs, await asyncio.gather(*futs))): check(reply, fut, i * i)
+    finally: await r.close()
