@@ -1,8 +1,10 @@
 """Remote kernels in the deployments people run (issue 18), each a real server on loopback: a certificate from a CA
 of the test's own, and mutual TLS; no token (XSRF) and a password (cookie session); URLs as pasted; launching as
-gateways expect; and a reverse proxy of the test's own in front of a server (a header it demands, HTTP basic auth,
-passing failures of the liveness poll, idle connections cut, a half-open connection, a slow launch). No token or
-password shows in any text the tests capture."""
+gateways expect; a reverse proxy of the test's own in front of a server (a header it demands, HTTP basic auth,
+passing failures of the liveness poll, idle connections cut, a half-open connection, a slow launch, a load
+balancer's cookie); the blocking client and the command; JupyterHub (user and service tokens, a user's server
+stopped under load) and Enterprise Gateway (KERNEL_USERNAME, 200 requests). No token or password shows in any text
+the tests capture."""
 from __future__ import annotations
 import asyncio, base64, datetime, ipaddress, json, logging, os, re, time
 
