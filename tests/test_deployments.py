@@ -149,7 +149,8 @@ async def test_password(served, caplog):
 
 async def test_urls_as_pasted_and_bearer(served, caplog):
     """URLs pasted from a browser or the server's log (…/lab?token=…, …/tree?token=…) work, the token only ever in a
-    header; Bearer works as token does; a wrong token in a URL is refused by name; no token in any captured text"""
+    header; Bearer works as token does; a wrong token in a URL is refused by name while 50 requests of another client
+    are in flight, which all get their replies; no token in any captured text"""
     caplog.set_level(logging.DEBUG)
     r = await served(LocalServer())
     tok = r.srv.token
@@ -164,8 +165,10 @@ async def test_urls_as_pasted_and_bearer(served, caplog):
         fut = ask(kc, '6*7')
         check(await fut, fut, 42)
         texts += [km, kc, kc.ws, km.server, kc.ws.conn.request.url, km.server.url, km.server.ws_url]
-    await works(r, auth_scheme='Bearer')
+    km, kc = await works(r, auth_scheme='Bearer')
+    futs = [ask(kc, f'{i}*{i}') for i in range(50)] # in flight while a wrong token is refused
     with pytest.raises(ServerAuthError, match='HTTP 403') as e: await RemoteKernelManager(f'{r.srv.url}/lab?token=not-{tok}').start_kernel()
+    for i, (fut, reply) in enumerate(zip(futs, await asyncio.gather(*futs))): check(reply, fut, i * i)
     secrets_absent([tok], *texts, e.value, *(rec.getMessage() for rec in caplog.records))
 
 
