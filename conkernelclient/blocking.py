@@ -7,6 +7,7 @@ Docs: https://conkernelclient.github.io/conkernelclient/blocking.html.md"""
 # %% ../nbs/03_blocking.ipynb #6c9d7bef
 from __future__ import annotations
 import asyncio, concurrent.futures, functools, inspect, queue, threading
+from functools import partial
 from getpass import getpass
 from typing import Any, Callable
 
@@ -16,6 +17,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from .errors import ChannelsClosedError, WrongLoopError
 from .core import ConKernelClient, ConKernelManager
+from .remote import RemoteKernelManager
 
 # %% auto #0
 __all__ = ['ConBlockingKernelClient', 'BlockingView']
@@ -148,18 +150,35 @@ def stop_channels(self:ConBlockingKernelClient):
         self.loop.close()
 
 # %% ../nbs/03_blocking.ipynb #518d9315
+@patch
+def _started(self:ConBlockingKernelClient, manager:Callable[[],AsyncKernelManager], owned:bool, **launch) -> ConBlockingKernelClient:
+    "Make a kernel manager with `manager` on the loop, start its kernel with `launch` (owned: stopping shuts it down), and start a client of it"
+    try:
+        km = self._call(manager)
+        if owned: self._km = km
+        self._call(km.start_kernel, **launch)
+        self.kc = self._call(km.client)
+        return self.start_channels()
+    except BaseException:
+        self.stop_channels()
+        raise
+
 @patch(cls_method=True)
 def start_kernel(cls:ConBlockingKernelClient, kernel_name:str='python3', **kwargs) -> ConBlockingKernelClient:
     "Start a kernel and return a started client that owns it: stopping the client, or leaving its `with` block, shuts the kernel down"
-    bkc = cls()
-    try:
-        bkc._km = bkc._call(ConKernelManager, kernel_name=kernel_name)
-        bkc._call(bkc._km.start_kernel, **kwargs)
-        bkc.kc = bkc._call(bkc._km.client)
-        return bkc.start_channels()
-    except BaseException:
-        bkc.stop_channels()
-        raise
+    return cls()._started(partial(ConKernelManager, kernel_name=kernel_name), True, **kwargs)
+
+# %% ../nbs/03_blocking.ipynb #3b258037
+@patch(cls_method=True)
+def remote(cls:ConBlockingKernelClient, url:str|None=None, # the server's URL, as pasted; default: $JUPYTER_GATEWAY_URL
+           token:str|None=None, # default: the URL's, then $JUPYTER_GATEWAY_AUTH_TOKEN, then $JUPYTER_TOKEN
+           kernel_name:str|None=None, # the kernel spec on the server; None: its default
+           kernel_id:str|None=None, # attach to this running kernel instead of starting one
+           env:dict[str,str]|None=None, cwd:str|None=None, # the launch's, as `RemoteKernelManager.start_kernel` sends them
+           **options) -> ConBlockingKernelClient: # `Server` options, and `RemoteKernelManager`'s
+    "A started client of a kernel on a Jupyter Server or gateway: one it starts and owns, or the running `kernel_id`"
+    manager = partial(RemoteKernelManager, url, token, kernel_name=kernel_name, kernel_id=kernel_id, **options)
+    return cls()._started(manager, kernel_id is None, **({} if kernel_id else dict(env=env, cwd=cwd)))
 
 # %% ../nbs/03_blocking.ipynb #095397c6
 @patch

@@ -40,6 +40,21 @@ def _seconds(s:str) -> float:
     if not t > 0: raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {s}")
     return t
 
+# %% ../nbs/04_cli.ipynb #bb6dbc42
+def _header(s:str) -> tuple[str,str]:
+    "argparse type of `--header`: `'Name: value'`; the token's header is refused, so that no token is on the command line"
+    name, colon, value = s.partition(':')
+    if not colon or not name.strip(): raise argparse.ArgumentTypeError(f"a header is 'Name: value', not {s!r}")
+    if name.strip().lower() == 'authorization': raise argparse.ArgumentTypeError(
+        "no credentials on the command line (other users see it): use --token-file or $JUPYTER_GATEWAY_AUTH_TOKEN")
+    return name.strip(), value.strip()
+
+def _assignment(s:str) -> tuple[str,str]:
+    "argparse type of `--env`: `NAME=value`"
+    name, eq, value = s.partition('=')
+    if not eq or not name: raise argparse.ArgumentTypeError(f"an environment variable is NAME=value, not {s!r}")
+    return name, value
+
 # %% ../nbs/04_cli.ipynb #66734ee4
 def _parser() -> argparse.ArgumentParser:
     "The `conkernelclient` command line"
@@ -64,6 +79,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--kernel-id', metavar='ID', help="with --server: the running kernel to use; it is left running")
     p.add_argument('--token-file', type=Path, metavar='FILE', help="with --server: a file holding the server's token "
                    "(default: $JUPYTER_GATEWAY_AUTH_TOKEN, then $JUPYTER_TOKEN)")
+    tls = p.add_argument_group('with --server, as jupyter_server\'s GatewayClient (default: its $JUPYTER_GATEWAY_* variables)')
+    tls.add_argument('--ca-certs', metavar='FILE', help="the CA certificates to trust instead of the system's")
+    tls.add_argument('--client-cert', metavar='FILE', help="a client certificate, for a server that asks for one")
+    tls.add_argument('--client-key', metavar='FILE', help="the client certificate's key")
+    tls.add_argument('--insecure', action='store_true', help="do not verify the server's certificate")
+    tls.add_argument('--header', type=_header, action='append', default=[], metavar="'NAME: VALUE'",
+                     help="a header for every request and the websocket, e.g. a proxy's (repeatable)")
+    tls.add_argument('--env', type=_assignment, action='append', default=[], metavar='NAME=VALUE',
+                     help="a variable for the new kernel, as gateways take them: KERNEL_* ones (repeatable)")
+    tls.add_argument('--cwd', metavar='DIR', help="the new kernel's working directory (a Jupyter Server's: relative to its root)")
     return p
 
 # %% ../nbs/04_cli.ipynb #f394c8de
@@ -107,11 +132,13 @@ async def launch(kernel:str='python3') -> AsyncIterator[ConKernelClient]:
 
 # %% ../nbs/04_cli.ipynb #80499355
 @asynccontextmanager
-async def remote(server:str, kernel_id:str|None=None, kernel:str='python3', token:str|None=None) -> AsyncIterator[ConKernelClient]:
+async def remote(server:str, kernel_id:str|None=None, kernel:str='python3', token:str|None=None,
+                 env:dict[str,str]|None=None, cwd:str|None=None, # the new kernel's, as `RemoteKernelManager.start_kernel` sends them
+                 **options) -> AsyncIterator[ConKernelClient]: # `Server` options: `ca_certs`, `headers`, ...
     "A ready client of running kernel `kernel_id` on `server` (left running), or of a new `kernel` there (deleted on exit)"
-    km = RemoteKernelManager(server, token, kernel_name=kernel, kernel_id=kernel_id)
+    km = RemoteKernelManager(server, token, kernel_name=kernel, kernel_id=kernel_id, **options)
     try:
-        await km.start_kernel()
+        await km.start_kernel(env=env, cwd=cwd)
         async with _ready(km.client(), f"the kernel {km.kernel_id} on {km.server.url} did not answer") as kc: yield kc
     finally:
         if kernel_id is None and km.has_kernel: await km.shutdown_kernel()
@@ -247,12 +274,13 @@ async def command(codes:list[str],
                   subshells:bool=False, # run each snippet in a subshell of its own
                   server:str|None=None, # URL of a Jupyter Server or Kernel Gateway to run on instead
                   kernel_id:str|None=None, # with `server`: the running kernel to use
-                  token:str|None=None # with `server`: its token (default: from the environment)
+                  token:str|None=None, # with `server`: its token (default: from the environment)
+                  **remote_options # with `server`: `remote`'s `env`, `cwd` and `Server` options
                  ) -> int:
     "Send `codes` at once to a new kernel, or an `existing` one; print their output and outcomes as they come; return the exit code"
     statuses = []
     try:
-        if server: where = remote(server, kernel_id, kernel, token)
+        if server: where = remote(server, kernel_id, kernel, token, **remote_options)
         else: where = attach(existing) if existing else launch(kernel)
         async with where as kc:
             async with aclosing(events(kc, codes, timeout, subshells)) as items:
@@ -268,10 +296,13 @@ def main(argv:list[str]|None=None) -> int:
     "The `conkernelclient` command: parse `argv` (default: `sys.argv[1:]`), send the snippets, return the exit code"
     p = _parser()
     args = p.parse_args(argv)
-    if (args.kernel_id or args.token_file) and not args.server: p.error("--kernel-id and --token-file go with --server")
+    remote_options = dict(env=dict(args.env) or None, cwd=args.cwd, ca_certs=args.ca_certs, client_cert=args.client_cert,
+                          client_key=args.client_key, headers=dict(args.header) or None, validate_cert=False if args.insecure else None)
+    if (args.kernel_id or args.token_file or any(v is not None for v in remote_options.values())) and not args.server:
+        p.error("--kernel-id, --token-file and the options of a server go with --server")
     if args.server and args.existing: p.error("--server and --existing exclude each other")
     try: token = args.token_file.read_text().strip() if args.token_file else None
     except OSError as e: return _fail(f"cannot read the token file {args.token_file}: {e.strerror}")
     try: return asyncio.run(command(args.code, args.timeout, args.kernel, args.existing, args.subshells,
-                                    args.server, args.kernel_id, token))
+                                    args.server, args.kernel_id, token, **remote_options))
     except KeyboardInterrupt: return 130

@@ -6,18 +6,18 @@ Docs: https://conkernelclient.github.io/conkernelclient/remote.html.md"""
 
 # %% ../nbs/02_remote.ipynb #beacd455
 from __future__ import annotations
-import asyncio, json, logging, os, socket, struct, subprocess, sys, tempfile, time, weakref
+import asyncio, json, logging, os, socket, struct, subprocess, sys, tempfile, time, uuid, weakref
 from functools import partial
+from inspect import signature
 from typing import Callable
 
 from fastcore.basics import patch
-from urllib.parse import urlsplit
 
 from jupyter_client.jsonutil import json_default
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.session import DELIM, new_id
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketClosedError, websocket_connect
 from traitlets import Bool, Float, Unicode
 from traitlets.log import get_logger
@@ -27,77 +27,24 @@ from conkernelclient.session import ConSession
 from conkernelclient.routing import is_idle
 from conkernelclient.channel import RoutedChannel
 from conkernelclient.core import ConKernelClient, restart_clients
+from conkernelclient.server import (KernelNotFoundError, NoAPIError, Server, ServerAuthError, ServerError,
+                                    ServerNotRunningError, ServerRefusedError, ServerTimeoutError, ServerTLSError,
+                                    ServerUnreachableError, _refused, _unreachable, call)
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['V1', 'ServerError', 'ServerAuthError', 'KernelNotFoundError', 'ServerUnreachableError', 'ConnectionLostError',
-           'Server', 'call', 'v1_pack', 'v1_unpack', 'legacy_pack', 'legacy_unpack', 'KernelWebsocket',
-           'WebsocketChannel', 'RemoteKernelClient', 'ReplyLostError', 'RemoteKernelManager', 'LocalServer']
-
-# %% ../nbs/02_remote.ipynb #283ab5d9
-class ServerError(ConKernelError):
-    "The server answered a REST call or the websocket upgrade with an error"
-
-# %% ../nbs/02_remote.ipynb #98459051
-class ServerAuthError(ServerError):
-    "The server refused the token (HTTP 401 or 403)"
-
-# %% ../nbs/02_remote.ipynb #158df6ff
-class KernelNotFoundError(ServerError):
-    "The server has no kernel with that id (HTTP 404)"
-
-# %% ../nbs/02_remote.ipynb #036d698d
-class ServerUnreachableError(ConKernelError):
-    "Nothing answers at the server's URL: refused, unknown host, or a TLS failure"
+__all__ = ['V1', 'ConnectionLostError', 'ServerGoneError', 'v1_pack', 'v1_unpack', 'legacy_pack', 'legacy_unpack',
+           'KernelWebsocket', 'WebsocketChannel', 'RemoteKernelClient', 'ReplyLostError', 'RemoteKernelManager',
+           'KernelLaunchTimeoutError', 'LocalServer']
 
 # %% ../nbs/02_remote.ipynb #8e055e01
 class ConnectionLostError(KernelDiedError):
     "The kernel's websocket dropped and could not be reconnected within `reconnect_timeout`"
 
-# %% ../nbs/02_remote.ipynb #8ebb1899
-class Server:
-    "A Jupyter Server or Kernel Gateway at `url`, called with `token`, which is only ever sent as a header"
-    def __init__(self, url:str|None=None, token:str|None=None, validate_cert:bool=True):
-        url = url or os.environ.get('JUPYTER_GATEWAY_URL')
-        if not url: raise ValueError("no server URL: pass url=..., or set JUPYTER_GATEWAY_URL")
-        if urlsplit(url).scheme not in ('http', 'https'): raise ValueError(f"the server URL must be http or https: {url!r}")
-        self.url, self.validate_cert = url.rstrip('/'), validate_cert
-        if token is None: token = os.environ.get('JUPYTER_GATEWAY_AUTH_TOKEN') or os.environ.get('JUPYTER_TOKEN') or ''
-        self._token = token
-
-    def __repr__(self): return f"Server({self.url!r})"
-
-    def request(self, path:str, method:str='GET', body:dict|None=None, ws:bool=False) -> HTTPRequest:
-        "A tornado request for `path` on the server (a websocket one with `ws`), with the token in its header"
-        url = self.url + path
-        if ws: url = 'ws' + url.removeprefix('http')
-        headers = {'Authorization': f'token {self._token}'} if self._token else {}
-        if body is not None: headers['Content-Type'] = 'application/json'
-        return HTTPRequest(url, method=method, headers=headers, validate_cert=self.validate_cert,
-                           body=None if body is None else json.dumps(body), allow_nonstandard_methods=True)
-
-# %% ../nbs/02_remote.ipynb #cd3a2056
-def _refused(server:Server, code:int, what:str) -> ServerError:
-    "The named error for HTTP status `code`, answered by `server` to `what`"
-    if code in (401, 403):
-        why = "no token was given" if not server._token else "the token is not the server's"
-        return ServerAuthError(f"{server.url} refused {what} (HTTP {code}): {why}")
-    if code == 404: return KernelNotFoundError(f"{server.url} has no {what} (HTTP 404)")
-    return ServerError(f"{server.url} answered {what} with HTTP {code}")
-
-def _unreachable(server:Server, why) -> ServerUnreachableError:
-    "The error for a server that did not answer, and why"
-    return ServerUnreachableError(f"nothing answers at {server.url}: {why}")
-
-async def call(server:Server, path:str, method:str='GET', body:dict|None=None, what:str|None=None) -> dict|list|None:
-    "The JSON the server answers to a REST call; `ServerError`s name a refusal, `ServerUnreachableError` silence"
-    req = server.request(path, method, body if body is not None or method != 'POST' else {})
-    try: resp = await AsyncHTTPClient().fetch(req, raise_error=False)
-    except (OSError, HTTPClientError) as e: raise _unreachable(server, e) from None
-    if resp.code == 599: raise _unreachable(server, resp.error)
-    if resp.code >= 400: raise _refused(server, resp.code, what or f"{method} {path}")
-    return json.loads(resp.body) if resp.body else None
+# %% ../nbs/02_remote.ipynb #a3063dac
+class ServerGoneError(ConKernelError):
+    "The kernel's websocket dropped and the server's port refused the reconnection: what was in flight died with the server"
 
 # %% ../nbs/02_remote.ipynb #bb67e8bd
 V1 = 'v1.kernel.websocket.jupyter.org'
@@ -142,12 +89,16 @@ class KernelWebsocket:
     "The websocket of kernel `kernel_id` on `server`, shared by one client's channels"
     def __init__(self, server:Server, kernel_id:str, session:ConSession, subprotocol:str|None=V1, reconnect_timeout:float=30,
                  quickack:bool=True, # acknowledge each message at once (Linux), so a server's Nagle costs no delay
+                 ping_interval:float|None=25, # seconds between keepalive pings; None: no pings
+                 ping_timeout:float|None=None, # seconds a ping waits for its pong before the connection counts as dropped (default: ping_interval)
                  on_lost:Callable[[ConKernelError],None]|None=None, # called once when the connection is gone for good
                  on_status:Callable[[str],None]|None=None, # called with the state of each parentless iopub status
-                 on_reconnect:Callable[[set[str]],None]|None=None): # called at each reconnection with the msg_ids not yet sent
+                 on_reconnect:Callable[[set[str]],None]|None=None, # called at each reconnection with the msg_ids not yet sent
+                 on_refused:Callable[[ConKernelError],None]|None=None): # called when a reconnection is refused (the server is gone)
         self.server, self.kernel_id, self.session = server, kernel_id, session
         self.subprotocol, self.reconnect_timeout, self.quickack = subprotocol, reconnect_timeout, quickack
-        self.on_lost, self.on_status, self.on_reconnect = on_lost, on_status, on_reconnect
+        self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
+        self.on_lost, self.on_status, self.on_reconnect, self.on_refused = on_lost, on_status, on_reconnect, on_refused
         self.channels:dict[str,WebsocketChannel] = {}
         self.conn = None
         self.protocol:str|None = None # 'v1' or 'legacy', once connected
@@ -182,13 +133,15 @@ async def _connect(self:KernelWebsocket):
         if data is not None: self._on_message(data)
         elif not dropped.done(): dropped.set_result(None)
     try:
+        await self.server.log_in()
         conn = await websocket_connect(self.server.request(path, ws=True), on_message_callback=on_message,
                                        subprotocols=[self.subprotocol] if self.subprotocol else None,
                                        max_message_size=2**31 - 1)
     except HTTPClientError as e:
-        if e.code == 599: raise _unreachable(self.server, e) from None
-        raise _refused(self.server, e.code, f"the websocket of kernel {self.kernel_id}") from None
+        if e.code == 599 or e.response is None: raise _unreachable(self.server, e) from None
+        raise await _refused(self.server, e.response, f"the websocket of kernel {self.kernel_id}") from None
     except OSError as e: raise _unreachable(self.server, e) from None
+    if conn.headers is not None: self.server.took(conn.headers)
     self.dropped = dropped
     return conn
 
@@ -197,6 +150,7 @@ def _gone(self:KernelWebsocket, e:ConKernelError, since:float|None) -> ConKernel
     "The error that ends the connection for good after `e` (the first connection's, or a drop's `since` then), or None to retry"
     if since is None or isinstance(e, ServerAuthError): return e
     if isinstance(e, KernelNotFoundError): return KernelDiedError(f"kernel {self.kernel_id} is gone from {self.server.url}")
+    if isinstance(e, ServerNotRunningError): return KernelDiedError(f"kernel {self.kernel_id} is gone with the user's server: {e}")
     if time.monotonic() - since > self.reconnect_timeout:
         return ConnectionLostError(f"the websocket of kernel {self.kernel_id} dropped, and reconnecting failed for "
                                    f"{self.reconnect_timeout} s: {e}")
@@ -210,6 +164,7 @@ async def _run(self:KernelWebsocket):
         try: conn = await self._connect()
         except ConKernelError as e:
             if (gone := self._gone(e, since)) is not None: return self.on_lost(gone)
+            if isinstance(e, ServerRefusedError) and self.on_refused is not None: self.on_refused(e)
             self.drops += 1
             continue
         self.conn, self.protocol, self.drops = conn, 'v1' if conn.selected_subprotocol == V1 else 'legacy', 0
@@ -218,9 +173,28 @@ async def _run(self:KernelWebsocket):
         if since is not None and self.on_reconnect is not None: self.on_reconnect({m['header']['msg_id'] for _, m in waiting})
         for name, msg in waiting: self._write(name, msg)
         for ch in self.channels.values(): ch.listening.set()
-        await self.dropped
+        keepalive = asyncio.ensure_future(self._keepalive(conn)) if self.ping_interval else None
+        try: await self.dropped
+        finally:
+            if keepalive is not None: keepalive.cancel()
         self.conn, since = None, time.monotonic()
         log.warning("the websocket of kernel %s dropped: reconnecting", self.kernel_id)
+
+@patch
+async def _keepalive(self:KernelWebsocket, conn):
+    "Ping `conn` every `ping_interval` s; if no pong comes within `ping_timeout` s (a half-open peer), drop it at once"
+    pong = asyncio.Event()
+    conn.on_pong = lambda data: pong.set()
+    while True:
+        await asyncio.sleep(self.ping_interval)
+        pong.clear()
+        try: conn.ping()
+        except WebSocketClosedError: return
+        try: await asyncio.wait_for(pong.wait(), self.ping_timeout or self.ping_interval)
+        except TimeoutError:
+            log.warning("the websocket of kernel %s answered no ping in %s s: reconnecting", self.kernel_id, self.ping_timeout or self.ping_interval)
+            return conn.stream.close() # not a closing handshake, which a silent peer would never answer
+
 
 # %% ../nbs/02_remote.ipynb #a3df99a4
 @patch
@@ -320,6 +294,10 @@ class RemoteKernelClient(ConKernelClient):
                           help="The websocket subprotocol to ask for; None: jupyter's legacy JSON protocol only")
     quickack = Bool(True, config=True, help="Acknowledge each websocket message at once (Linux TCP_QUICKACK); "
                     "False lets a server's Nagle delay each small reply by the client's delayed ACK")
+    ping_interval = Float(25, allow_none=True, config=True, help="Seconds between websocket keepalive pings, which keep "
+                          "proxies with idle timeouts from cutting a quiet client; None: no pings")
+    ping_timeout = Float(None, allow_none=True, config=True, help="Seconds a ping waits for its pong before the "
+                         "connection counts as dropped and is reconnected (None: ping_interval)")
     poke_after = Float(1.0, allow_none=True, config=True, help="Seconds of silence from the kernel, with requests in "
                        "flight, after which the liveness check sends it a control kernel_info_request; None: never")
 
@@ -328,7 +306,8 @@ class RemoteKernelClient(ConKernelClient):
         super().__init__(**kwargs)
         self.server, self.kernel_id = server, kernel_id
         self.ws = KernelWebsocket(server, kernel_id, self.session, self.subprotocol, self.reconnect_timeout, self.quickack,
-                                  on_lost=self._close, on_status=self._kernel_status, on_reconnect=self._reconnected)
+                                  self.ping_interval, self.ping_timeout, on_lost=self._close, on_status=self._kernel_status,
+                                  on_reconnect=self._reconnected, on_refused=self._server_gone)
         self._hb = _NoHeartbeat()
         self._restarted:asyncio.Task|None = None # the handshake with a kernel the server restarted
         self._asides:set[asyncio.Task] = set() # requests of the client's own: probes after a reconnection, pokes
@@ -351,10 +330,14 @@ async def _alive(server:Server, kernel_id:str) -> bool:
 
 @patch
 async def is_alive(self:RemoteKernelClient) -> bool:
-    "Does the server still have the kernel, alive? (an unreachable server leaves it to the websocket's reconnection) Poke it if silent"
+    "Does the server still have the kernel, alive? Only a 404 or a `dead` model say no; other failures pass. Poke it if silent"
     try: alive = await _alive(self.server, self.kernel_id)
-    except ServerUnreachableError: return True
+    except (ServerError, ServerUnreachableError) as e:
+        log.warning("the liveness poll of kernel %s failed, asking again: %s", self.kernel_id, e)
+        return True
     if alive: self._poke()
+    else: self._close(KernelDiedError(f"kernel {self.kernel_id} is gone from {self.server.url}: deleted, or culled "
+                                      "for idleness, or its restarter gave up"))
     return alive
 
 # %% ../nbs/02_remote.ipynb #5ed2f141
@@ -369,6 +352,7 @@ def _aside(self:RemoteKernelClient, ch:WebsocketChannel, msg:dict, then:Callable
     "Send `msg` on `ch`, past the window, as a request of the client's own: its iopub messages are nobody's; `then` runs after its reply"
     mid = msg['header']['msg_id']
     quiet = self.iopub_channel.router.follow(mid, is_idle)
+    quiet.add_done_callback(lambda f: f.cancelled() or f.exception()) # its failure, when the client closes, is nobody's
     reply = ch.router.expect(mid, None)
     ch._transmit(msg)
     async def answered():
@@ -439,17 +423,28 @@ def _tasks(self:RemoteKernelClient) -> list[asyncio.Task]:
     ws = self.ws.task
     return ConKernelClient._tasks.fget(self) + ([ws] if ws is not None and not ws.done() else [])
 
+# %% ../nbs/02_remote.ipynb #6571d229
+@patch
+def _server_gone(self:RemoteKernelClient, e:ServerUnreachableError):
+    "A reconnection was refused: fail what is in flight, and what waits to be sent, with `ServerGoneError`"
+    exc = ServerGoneError(f"the server of kernel {self.kernel_id} is gone, with the replies in flight: {e}")
+    self.ws.waiting.clear()
+    for ch in self.routed: ch.forget(exc)
+
 # %% ../nbs/02_remote.ipynb #4490658a
+_SERVER_OPTIONS = set(signature(Server).parameters) - {'url', 'token'}
+
 class RemoteKernelManager(AsyncKernelManager):
     "An `AsyncKernelManager` for a kernel on a Jupyter Server or Kernel Gateway at `url`: REST calls, and clients on its websocket"
-    def __init__(self, url:str|None=None, # the server's base URL; default: $JUPYTER_GATEWAY_URL
-                 token:str|None=None, # default: $JUPYTER_GATEWAY_AUTH_TOKEN, then $JUPYTER_TOKEN
-                 kernel_name:str='python3', # the kernel spec, on the server, of the kernel `start_kernel` starts
+    def __init__(self, url:str|None=None, # the server's base URL, or one pasted from a browser; default: $JUPYTER_GATEWAY_URL
+                 token:str|None=None, # default: the URL's, then $JUPYTER_GATEWAY_AUTH_TOKEN, then $JUPYTER_TOKEN
+                 kernel_name:str|None=None, # the kernel spec, on the server, of the kernel `start_kernel` starts; None: the server's default
                  kernel_id:str|None=None, # attach to this running kernel instead
-                 validate_cert:bool=True, # verify an https server's certificate
-                 **kwargs):
-        super().__init__(kernel_name=kernel_name, **kwargs)
-        self.server, self.kernel_id = Server(url, token, validate_cert), kernel_id
+                 server:Server|None=None, # the server, with its options; default: one made from `url`, `token` and the options here
+                 **kwargs): # `Server` options (`ca_certs`, `headers`, ...), then `AsyncKernelManager`'s
+        options = {k: kwargs.pop(k) for k in list(kwargs) if k in _SERVER_OPTIONS}
+        super().__init__(kernel_name=kernel_name or '', **kwargs)
+        self.server, self.kernel_id = server or Server(url, token, **options), kernel_id
         self._interrupt_mode:str|None = None # as the kernel's spec on the server says, once asked
         self.clients:weakref.WeakSet[RemoteKernelClient] = weakref.WeakSet()
 
@@ -460,14 +455,46 @@ class RemoteKernelManager(AsyncKernelManager):
 
     def _path(self, rest:str='') -> str: return f'/api/kernels/{self.kernel_id}{rest}'
 
-# %% ../nbs/02_remote.ipynb #50e0a504
-@patch
-async def start_kernel(self:RemoteKernelManager, **kw):
-    "Start a kernel on the server (or check that the one to attach to exists); other keywords are ignored: the server launches it"
-    if self.kernel_id is not None: return await call(self.server, self._path(), what=f'kernel {self.kernel_id}')
-    model = await call(self.server, '/api/kernels', 'POST', {'name': self.kernel_name}, what=f'a new {self.kernel_name!r} kernel')
-    self.kernel_id = model['id']
+# %% ../nbs/02_remote.ipynb #92c765ba
+def _kernel_env(server:Server, env:dict[str,str]|None, cwd:str|None) -> dict[str,str]:
+    "The `env` of a launch, as jupyter_server's `GatewayClient` builds it: every `KERNEL_*` variable and `allowed_envs`"
+    given = {**os.environ, **(env or {})}
+    if 'KERNEL_USERNAME' not in given and server.http_user: given['KERNEL_USERNAME'] = server.http_user
+    sent = {k: v for k, v in given.items() if k.startswith('KERNEL_') or k in server.allowed_envs}
+    if cwd is not None: sent.setdefault('KERNEL_WORKING_DIR', cwd)
+    return sent
 
+# %% ../nbs/02_remote.ipynb #c99d729d
+class KernelLaunchTimeoutError(ServerTimeoutError):
+    "The server did not answer a kernel launch within the server's `launch_timeout`"
+
+# %% ../nbs/02_remote.ipynb #6e1ec411
+@patch
+async def start_kernel(self:RemoteKernelManager, env:dict[str,str]|None=None, cwd:str|None=None, **kw):
+    "Start a kernel on the server (or check that the one to attach to exists), with `env` and `cwd` as gateways take them"
+    if self.kernel_id is not None: return await call(self.server, self._path(), what=f'kernel {self.kernel_id}')
+    kid = str(uuid.uuid4()) # the form jupyter_server's routes take
+    body = {'kernel_id': kid, 'env': _kernel_env(self.server, env, cwd) | {'KERNEL_ID': kid}}
+    if self.kernel_name: body['name'] = self.kernel_name
+    if cwd is not None: body['path'] = cwd
+    what = f"a new {self.kernel_name!r} kernel" if self.kernel_name else "a new kernel of its default spec"
+    try: model = await call(self.server, '/api/kernels', 'POST', body, what=what, timeout=self.server.launch_timeout)
+    except ServerTimeoutError: raise await self._orphan(kid) from None
+    self.kernel_id, self.kernel_name = model['id'], model.get('name') or self.kernel_name
+
+@patch
+async def _orphan(self:RemoteKernelManager, kid:str) -> KernelLaunchTimeoutError:
+    "The error for the launch of kernel `kid` that timed out, once the kernel is deleted if the server makes it"
+    wait = self.server.launch_timeout
+    deadline, said = time.monotonic() + wait, f"the launch of kernel {kid} on {self.server.url} timed out after {wait} s"
+    while time.monotonic() < deadline:
+        try: await call(self.server, f'/api/kernels/{kid}', 'DELETE', what=f'kernel {kid}')
+        except KernelNotFoundError: await asyncio.sleep(0.5)
+        except (ServerError, ServerUnreachableError) as err: return KernelLaunchTimeoutError(f"{said}; deleting it failed: {err}")
+        else: return KernelLaunchTimeoutError(f"{said}; the server made it anyway, and it was deleted")
+    return KernelLaunchTimeoutError(f"{said}; it had not appeared {wait} s later: delete it if it does")
+
+# %% ../nbs/02_remote.ipynb #50e0a504
 @patch
 async def is_alive(self:RemoteKernelManager) -> bool:
     "Does the server have the kernel, alive?"
@@ -523,10 +550,14 @@ class LocalServer:
     "`async with LocalServer() as srv:` a `jupyter server` (`kind='gateway'`: `jupyter kernelgateway`) on loopback, at `srv.url`"
     def __init__(self, kind:str='server',
                  args:tuple[str,...]=(), # more command-line options for the server
-                 kernels:dict[str,KernelSpec]|None=None): # kernel specs the server offers besides the installed ones
+                 kernels:dict[str,KernelSpec]|None=None, # kernel specs the server offers besides the installed ones
+                 token:str|None=None, # default: a random one; '': no token (a cookie session)
+                 scheme:str='http', # 'https' for a server given a certificate in `args`
+                 **options): # `Server` options to reach it with (`ca_certs`, `password`, ...)
         if kind not in ('server', 'gateway'): raise ValueError(f"kind is 'server' or 'gateway', not {kind!r}")
-        self.kind, self.args, self.kernels, self.token, self.port = kind, args, kernels or {}, new_id(), _free_port()
-        self.url, self.proc = f'http://127.0.0.1:{self.port}', None
+        self.kind, self.args, self.kernels, self.port = kind, args, kernels or {}, _free_port()
+        self.token, self.options = new_id() if token is None else token, options
+        self.url, self.proc = f'{scheme}://127.0.0.1:{self.port}', None
 
     def __repr__(self): return f"LocalServer({self.kind!r}, {self.url})"
 
@@ -560,12 +591,13 @@ async def __aenter__(self:LocalServer) -> LocalServer:
 @patch
 async def _ready(self:LocalServer, timeout:float=60):
     "Wait until the server answers `/api`"
-    server, deadline = Server(self.url, self.token), time.monotonic() + timeout
+    server, deadline = Server(self.url, self.token, **self.options), time.monotonic() + timeout
     while True:
         if self.proc.poll() is not None:
             self.log.seek(0)
             raise ServerUnreachableError(f"{self.kind} exited with {self.proc.returncode}: {self.log.read()[-2000:]}")
         try: return await call(server, '/api')
+        except ServerTLSError: raise # no use waiting: the certificates are wrong
         except ServerUnreachableError:
             if time.monotonic() > deadline: raise
         await asyncio.sleep(0.05)

@@ -1,5 +1,5 @@
 """Helpers the test modules share: a gate that keeps a kernel busy, kernels of a test's own, requests checked by value,
-a request's messages followed up to its `idle`, a TCP relay that taps and cuts connections."""
+a request's messages followed up to its `idle`, a TCP relay that taps and cuts connections, kernels on a server."""
 from __future__ import annotations
 import asyncio
 
@@ -11,6 +11,7 @@ from jupyter_client.session import Session
 from conkernelclient import ConKernelClient, ConKernelManager
 from conkernelclient.channel import RoutedChannel
 from conkernelclient.routing import is_idle
+from conkernelclient.remote import LocalServer, RemoteKernelClient, RemoteKernelManager, ServerUnreachableError
 
 
 class Gate:
@@ -143,3 +144,27 @@ class Relay:
             if keep is not None: keep += data
             w.write(data)
             await w.drain()
+
+
+class Remote:
+    "Kernels started on a server, and their clients, for one test; `close` stops the clients and deletes the kernels"
+    def __init__(self, srv:LocalServer): self.srv, self.kms, self.clients = srv, [], []
+
+    async def kernel(self, launch:dict|None=None, **kw) -> RemoteKernelManager:
+        "A kernel started on the server by a manager made with the server's options and `kw`; `launch`: `start_kernel`'s keywords"
+        km = RemoteKernelManager(self.srv.url, self.srv.token, **self.srv.options | kw)
+        self.kms.append(km)
+        await km.start_kernel(**(launch or {}))
+        return km
+
+    async def client(self, km:RemoteKernelManager, **traits) -> RemoteKernelClient:
+        kc = km.client(**traits)
+        self.clients.append(kc)
+        return await kc.start_channels()
+
+    async def close(self):
+        for kc in self.clients: await kc.astop_channels()
+        for km in self.kms:
+            try: await km.shutdown_kernel()
+            except ServerUnreachableError: pass # a test stopped the server
+        await asyncio.gather(*asyncio.all_tasks() - {asyncio.current_task()}, return_exceptions=True)

@@ -15,8 +15,9 @@ from conkernelclient import KernelDiedError, KernelRestartedError
 from conkernelclient.cli import command
 from conkernelclient.stubkernel import stub_spec
 from conkernelclient.remote import (ConnectionLostError, KernelNotFoundError, LocalServer, RemoteKernelClient,
-                                    RemoteKernelManager, ReplyLostError, ServerAuthError, ServerUnreachableError)
-from kit import Gate, Relay, ask, check, collect, running, started
+                                    RemoteKernelManager, ReplyLostError, ServerAuthError, ServerGoneError,
+                                    ServerUnreachableError)
+from kit import Gate, Relay, Remote, ask, check, collect, running, started
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,29 +29,6 @@ def server(request, aio_loop):
     aio_loop.run_until_complete(srv.__aenter__())
     yield srv
     aio_loop.run_until_complete(srv.__aexit__())
-
-
-class Remote:
-    "Kernels started on a server, and their clients, for one test; `close` stops the clients and deletes the kernels"
-    def __init__(self, srv:LocalServer): self.srv, self.kms, self.clients = srv, [], []
-
-    async def kernel(self, **kw) -> RemoteKernelManager:
-        km = RemoteKernelManager(self.srv.url, self.srv.token, **kw)
-        self.kms.append(km)
-        await km.start_kernel()
-        return km
-
-    async def client(self, km:RemoteKernelManager, **traits) -> RemoteKernelClient:
-        kc = km.client(**traits)
-        self.clients.append(kc)
-        return await kc.start_channels()
-
-    async def close(self):
-        for kc in self.clients: await kc.astop_channels()
-        for km in self.kms:
-            try: await km.shutdown_kernel()
-            except ServerUnreachableError: pass # a test stopped the server
-        await asyncio.gather(*asyncio.all_tasks() - {asyncio.current_task()}, return_exceptions=True)
 
 
 @pytest.fixture
@@ -202,21 +180,27 @@ async def test_the_server_cannot_replay(remote, tmp_path):
 
 
 async def test_the_server_goes_away(remote, tmp_path):
-    "The server stops with requests in flight: they fail with ConnectionLostError after `reconnect_timeout`, not a hang"
+    """The server stops with requests in flight: its port refuses the reconnection, so they fail at once with
+    ServerGoneError (not after `reconnect_timeout`); the client keeps reconnecting, and closes with ConnectionLostError
+    once `reconnect_timeout` is over"""
     srv = LocalServer(remote.srv.kind)
     await srv.__aenter__()
     try:
         km = RemoteKernelManager(srv.url, srv.token)
         await km.start_kernel()
-        kc = km.client(reconnect_timeout=2)
+        kc = km.client(reconnect_timeout=3)
         remote.clients.append(kc)
         await kc.start_channels()
         futs = [kc.execute('import time; time.sleep(60)', reply=True, timeout=None), ask(kc, '1', timeout=None)]
         await running(kc, futs[0])
     finally: await srv.__aexit__()
-    res = await asyncio.gather(*futs, return_exceptions=True)
-    assert [type(r) for r in res] == [ConnectionLostError] * 2, res
-    assert 'reconnecting failed for 2' in str(res[0])
+    res = await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), 2.5) # within reconnect_timeout
+    assert [type(r) for r in res] == [ServerGoneError] * 2, res
+    assert 'Connection refused' in str(res[0]) and not kc.ws.task.done() # still reconnecting, for what comes next
+    later = ask(kc, '2', timeout=None)
+    with pytest.raises((ServerGoneError, ConnectionLostError)): await later
+    await asyncio.wait_for(kc.ws.task, 10)
+    with pytest.raises(ConnectionLostError, match='reconnecting failed for 3'): kc.execute('3', reply=True)
 
 
 async def test_the_kernel_is_deleted(remote):
