@@ -11,7 +11,7 @@ PLAIN, PLAIN_UNTIMED, PLAIN_IOPUB, CON = 'jupyter_client', 'jupyter_client, no t
 PEERS = ('GatewayKernelClient (jupyter_server)', 'jupyter-kernel-client (datalayer)', 'RemoteKernelClient')
 KERNELS = {'stub': 'stub kernel (client-bound)', 'python3': 'ipykernel', 'async': 'async-kernel'}
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 
 @pytest.fixture(scope='module')

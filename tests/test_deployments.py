@@ -21,7 +21,7 @@ from conkernelclient.remote import (KernelLaunchTimeoutError, LocalServer, NoAPI
                                     ServerUnreachableError, call)
 from kit import Relay, Remote, ask, check, running
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 
 def certificate(path, cn:str, issuer:tuple|None=None, ca:bool=False, server:bool=False) -> tuple:
@@ -612,7 +612,7 @@ def enterprise(aio_loop):
     "An Enterprise Gateway for the module's tests"
     try: venv = _eg_venv()
     except Exception as e: pytest.skip(f"no virtualenv for Enterprise Gateway: {e}")
-    srv = EnterpriseGateway(venv)
+    srv = EnterpriseGateway(venv, args=('--EnterpriseGatewayApp.list_kernels=True',)) # so a test sees no kernel is left
     aio_loop.run_until_complete(srv.__aenter__())
     yield srv
     aio_loop.run_until_complete(srv.__aexit__())
@@ -636,3 +636,37 @@ async def test_enterprise_gateway(enterprise, monkeypatch):
         futs = [ask(kc, f'{i}*{i}') for i in range(200)]
         for i, (fut, reply) in enumerate(zip(futs, await asyncio.gather(*futs))): check(reply, fut, i * i)
     finally: await r.close()
+
+
+# ---- papermill on a hub and on Enterprise Gateway (issue 21): the run's kernel started there and deleted after
+
+
+def papermill_on(tmp_path, url:str, token:str, **env:str) -> list:
+    """Run a parameterized notebook with the `papermill` command and the engine on the server at `url` (JUPYTER_GATEWAY_URL,
+    the token in JUPYTER_GATEWAY_AUTH_TOKEN, `env` on top); its saved code cells, once no token was in its output"""
+    import nbformat, subprocess, sys
+    nb = nbformat.v4.new_notebook(metadata={'kernelspec': {'name': 'python3', 'language': 'python', 'display_name': 'Python 3'}})
+    nb.cells = [nbformat.v4.new_code_cell('alpha = 0.1', metadata={'tags': ['parameters']}), nbformat.v4.new_code_cell('print(alpha * 2)')]
+    nbformat.write(nb, tmp_path/'in.ipynb')
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith('JUPYTER_GATEWAY_')}
+    run_env |= {'JUPYTER_GATEWAY_URL': url, 'JUPYTER_GATEWAY_AUTH_TOKEN': token, **env}
+    r = subprocess.run([sys.executable, '-m', 'papermill', '--engine', 'conkernelclient', 'in.ipynb', 'out.ipynb', '-p', 'alpha', '0.6'],
+                       cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    secrets_absent([token], r.stdout, r.stderr)
+    return [c for c in nbformat.read(tmp_path/'out.ipynb', 4).cells if c.cell_type == 'code']
+
+
+def test_papermill_on_a_hub_user_server(hub, aio_loop, tmp_path):
+    "papermill with the engine runs a notebook on a kernel of ann's server behind the hub, with her token, and deletes it"
+    user = aio_loop.run_until_complete(hub.token())
+    cells = papermill_on(tmp_path, f'{hub.url}/user/ann/', user)
+    assert cells[-1].outputs[0]['text'] == '1.2\n' and cells[-1].execution_count is not None
+    assert aio_loop.run_until_complete(call(Server(f'{hub.url}/user/ann/', user), '/api/kernels')) == []
+
+
+def test_papermill_on_enterprise_gateway(enterprise, aio_loop, tmp_path):
+    "papermill with the engine runs a notebook on Enterprise Gateway, KERNEL_USERNAME from the environment, and deletes its kernel"
+    cells = papermill_on(tmp_path, enterprise.url, enterprise.token, KERNEL_USERNAME='ann')
+    assert cells[-1].outputs[0]['text'] == '1.2\n' and cells[-1].execution_count is not None
+    assert aio_loop.run_until_complete(call(Server(enterprise.url, enterprise.token), '/api/kernels')) == []

@@ -14,7 +14,7 @@ from papermill.exceptions import PapermillExecutionError
 from conkernelclient.core import ConKernelManager
 from conkernelclient.remote import LocalServer, RemoteKernelManager, Server, call
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 READY = re.compile(r'ready (\d+) (?:kernel-)?(\S+)\.json') # a server's kernel has connection file kernel-<id>.json
 # a cell that says which kernel runs it (its pid, and the kernel id in its connection file's name), then sleeps
