@@ -189,6 +189,9 @@ def _tls(server:Server, e:ssl.SSLError) -> ServerTLSError:
         return ServerTLSError(server.scrub(f"{server.url}: certificate verify failed ({why}): {fix}"))
     if 'CERTIFICATE_REQUIRED' in str(e) or 'HANDSHAKE_FAILURE' in str(e):
         return ServerTLSError(server.scrub(f"{server.url} wants a client certificate ({why}): pass client_cert= and client_key="))
+    if isinstance(e, ssl.SSLEOFError) and server.client_cert is None: # TLS 1.3: the refusal can arrive as a bare close
+        return ServerTLSError(server.scrub(f"{server.url} closed the TLS handshake ({why}): if it wants a client "
+                                           "certificate, pass client_cert= and client_key="))
     return ServerTLSError(server.scrub(f"the TLS handshake with {server.url} failed: {why}"))
 
 def _unreachable(server:Server, e:BaseException) -> ServerUnreachableError:
