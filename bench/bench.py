@@ -494,8 +494,10 @@ def _unread_rss(conn:dict, client:str, n:int) -> dict:
     return asyncio.run(run())
 
 def _deep_size(o) -> int:
-    "Bytes of `o` and of everything it holds, through sets, tuples, lists and deques (frames, entries, signatures)"
-    return sys.getsizeof(o) + (sum(map(_deep_size, o)) if isinstance(o, (set, tuple, list, deque)) else 0)
+    "Bytes of `o` and of everything it holds, through sets, tuples, lists, deques and slotted objects (frames, inbox entries, signatures)"
+    if isinstance(o, (set, tuple, list, deque)): return sys.getsizeof(o) + sum(map(_deep_size, o))
+    slots = getattr(type(o), '__slots__', ())
+    return sys.getsizeof(o) + sum(_deep_size(getattr(o, s)) for s in slots)
 
 async def _unread(km:ConKernelManager, plan:Plan) -> list[dict]:
     "Each client's resident memory growth over `plan.unread` requests on the stub kernel of `km`, nobody reading iopub"

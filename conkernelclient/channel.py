@@ -1,4 +1,4 @@
-"""`RoutedChannel`: one reader per ZMQ socket, feeding the channel's routing table, with flow control
+"""`RoutedChannel`, a channel on any transport with its routing table and flow control, and `ZMQChannel`, its ZMQ transport: one reader per socket
 
 Docs: https://conkernelclient.github.io/conkernelclient/channel.html.md"""
 
@@ -18,110 +18,49 @@ from jupyter_client.session import DELIM, Session, msg_header, protocol_version
 from conkernelclient.compat import get_option, recv_frame, selector_of
 from conkernelclient.errors import ChannelsClosedError, ConKernelError, KernelDiedError, SignatureError, WrongLoopError
 from conkernelclient.session import ConSession
-from conkernelclient.routing import Follower, Inbox, Router, is_idle
+from conkernelclient.routing import Inbox, Router
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['RoutedChannel', 'RoutedSocket', 'unbounded_context']
+__all__ = ['RoutedChannel', 'ZMQChannel', 'RoutedSocket', 'unbounded_context']
 
 # %% ../nbs/04_channel.ipynb #9696eb82
-class RoutedChannel(AsyncZMQSocketChannel):
-    "A channel whose socket is read only by its reader, which routes each message by its parent msg_id"
-    def __init__(self, socket:zmq.asyncio.Socket|None, session:Session, loop=None):
-        "`socket`: the ZMQ socket it reads, or None on a transport that brings the frames itself (see `_route`)"
-        self.socket, self.session = socket, ConSession.of(session) # all that jupyter_client's channel keeps
+class RoutedChannel:
+    "A channel on any transport: its routing table, inbox and flow control; a transport subclass brings `start`, `transmit` and `close`"
+    def __init__(self, session:Session):
+        self.session = ConSession.of(session)
         self.inbox = Inbox(decode=self._decode)
-        self.lazy = False # check a message nobody claims when it is read, not when it comes (iopub: see `_route`)
+        self.check_late = False # keep a message nobody wants unchecked, and check it when it is read (iopub: see `received`)
         self.router = Router(self.inbox)
-        self.teardown:Callable[[ConKernelError],None] = self.close # what a reader that stops by itself calls
-        self.burst = 50
+        self.teardown:Callable[[ConKernelError],None] = self.close # what a transport that fails by itself calls
         self.loop:asyncio.AbstractEventLoop|None = None
-        self.listening = asyncio.Event() # set once the reader reads the transport
-        self.sync:zmq.Socket|None = None # a synchronous shadow of the socket, for the reader
-        self.watched:int|None = None # the socket's file descriptor, while the loop watches it for the reader
-        self.again:asyncio.Handle|None = None # the reader's next turn, when it is due without the descriptor
-        self.sendable:asyncio.Future|None = None # resolved by the reader once the socket can send (`until_sendable`)
+        self.listening = asyncio.Event() # set once the transport delivers what comes
         self.window:int|None = None
-        self.unanswered:dict[str,str|None] = {}
-        self.open:dict[str|None,int] = {}
+        self.unanswered:dict[str,str|None] = {} # the shell (None, or a subshell id) of each request sent and not answered
+        self.in_kernel:dict[str|None,int] = {} # requests sent and not answered, by shell
         self.backlog:dict[str|None,deque] = {}
-        self.holds:dict[str,_Hold] = {} # the cancellable requests not yet ended, by msg_id
-        self.sealed:dict[str|None,_Hold] = {} # the cancellable request in the kernel, by shell: nothing else goes there
+        self.cancellables:dict[str,object] = {} # the cancellable requests not yet ended, by msg_id (see `ConKernelClient.cancel`)
+        self.alone:dict[str|None,object] = {} # the cancellable request in the kernel, by shell: nothing else goes there
         self.forged:SignatureError|None = None # the last message skipped because its signature is not ours
 
-# %% ../nbs/04_channel.ipynb #ac447543
-@patch
-def start(self:RoutedChannel):
-    "Start the reader on the running event loop, which becomes the channel's loop"
-    if self.loop is None:
-        self.loop = asyncio.get_running_loop()
-        self._watch()
+    def start(self):
+        "Start the transport on the running event loop, which becomes the channel's loop"
+        raise NotImplementedError(f"{type(self).__name__} brings no transport: subclass RoutedChannel and define start")
 
-@patch
-def _watch(self:RoutedChannel):
-    "Have the loop call the reader, `_ready`, whenever the socket's descriptor signals, and once now"
-    RoutedSocket.adopt(self.socket, self)
-    self.sync = zmq.Socket.shadow(self.socket.underlying)
-    self.watched = self.sync.FD
-    selector_of(self.loop).add_reader(self.watched, self._ready)
-    self._soon() # what came before the loop watched the descriptor signalled no one
-    self.listening.set()
+    def transmit(self, msg:dict):
+        "The transport's outgoing end: put `msg` on the wire, as it is (the flow control above has decided it goes now)"
+        raise NotImplementedError(f"{type(self).__name__} brings no transport: subclass RoutedChannel and define transmit")
 
-@patch
-def _soon(self:RoutedChannel):
-    "Give the reader a turn soon, unless it has one already"
-    if self.again is None and self.watched is not None: self.again = self.loop.call_soon(self._ready)
+    def is_alive(self) -> bool:
+        "Is the channel started and not closed?"
+        return self.loop is not None and not self.router.closed
 
-@patch
-def _unwatch(self:RoutedChannel):
-    "Stop the reader: the loop no longer watches the socket's descriptor"
-    if self.again is not None: self.again.cancel()
-    if self.watched is not None and not self.loop.is_closed(): selector_of(self.loop).remove_reader(self.watched)
-    if isinstance(self.socket, RoutedSocket): self.socket.channel = None
-    self.again = self.watched = None
+    async def until_sendable(self, timeout:float) -> bool:
+        "Wait until the transport can send, at most `timeout` s: at once for one that keeps what it cannot send yet"
+        self.check_loop()
+        return True
 
-# %% ../nbs/04_channel.ipynb #d26a00c8
-_EVENTS, _POLLIN, _POLLOUT, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.NOBLOCK) # plain ints, as for sending
-_get_opt, _recv_frame = get_option, recv_frame # pyzmq's own, under its wrapper (`compat`)
-
-def _recv_whole(sync:zmq.Socket) -> list[bytes]:
-    "The frames of the message waiting on `sync`: ZMQ delivers a multipart message whole, so its other frames are there"
-    frame = _recv_frame(sync, _NOBLOCK, False)
-    parts = [frame.bytes]
-    while frame.more:
-        frame = _recv_frame(sync, _NOBLOCK, False)
-        parts.append(frame.bytes)
-    return parts
-
-_ASKED = 4 # messages a turn reads asking `ZMQ_EVENTS` before each; past that, a queue: it reads on until EAGAIN
-
-@patch
-def _ready(self:RoutedChannel):
-    "The reader: route the messages waiting on the socket, at most `burst` of them a turn; on failure, `teardown`"
-    again, self.again = self.again, None
-    if again is not None: again.cancel() # this turn is the one it was due
-    if self.watched is None: return
-    try:
-        n, sync = self.burst, self.sync
-        while (events := _get_opt(sync, _EVENTS)) & _POLLIN: # ends on `ZMQ_EVENTS`: the descriptor signals again
-            if not n: return self._soon() # a flood: let everything else run before the next burst
-            self._route(_recv_whole(sync))
-            n -= 1
-            if self.burst - n >= _ASKED: # one exception ends the queue, instead of a `ZMQ_EVENTS` read a message
-                try:
-                    while n and self.watched is not None:
-                        self._route(_recv_whole(sync))
-                        n -= 1
-                except zmq.Again: pass
-            if self.watched is None: return # routing closed the channel
-        if events & _POLLOUT and self.sendable is not None:
-            self.sendable.set_result(True)
-            self.sendable = None
-    except zmq.ZMQError as e: self.teardown(ChannelsClosedError(f"a channel's socket failed: {e}"))
-    except Exception as e:
-        log.exception("reader of %s failed", self.socket)
-        self.teardown(ChannelsClosedError(f"a channel's reader failed: {e!r}"))
 
 # %% ../nbs/04_channel.ipynb #7477e864
 def _parent_of(frames:list[bytes], unpack:Callable[[bytes],object]) -> tuple[object,str|None]:
@@ -132,91 +71,36 @@ def _parent_of(frames:list[bytes], unpack:Callable[[bytes],object]) -> tuple[obj
     return parent, mid if type(mid) is str else None
 
 @patch
-def _claimed(self:RoutedChannel, mid:str|None) -> bool:
+def _wanted(self:RoutedChannel, mid:str|None) -> bool:
     "Is a message whose parent is request `mid` wanted at once: by a request, a follower, or to free a window slot?"
-    return mid in self.unanswered or self.router.claims(mid)
+    return mid in self.unanswered or self.router.wants(mid)
 
 @patch
-def _decode(self:RoutedChannel, frames:list[bytes]) -> dict:
-    "The message of `frames` the inbox kept: checked now on a `lazy` channel, whose inbox keeps them unchecked"
-    return self.session.deserialize(frames) if self.lazy else self.session.unpack_frames(frames)
+def _decode(self:RoutedChannel, frames:list[bytes], checked:bool) -> dict:
+    "The message of `frames` the inbox kept: checked now unless it was when it came"
+    return self.session.unpack_frames(frames) if checked else self.session.deserialize(frames)
 
 @patch
-def _route(self:RoutedChannel, parts:list[bytes]):
-    "Check one multipart message and deliver it, or keep it unchecked if nobody claims it; log and skip what cannot be read"
+def received(self:RoutedChannel, frames:list[bytes]):
+    "Frames in: check one message (its frames after the delimiter) and deliver it; keep what nobody wants; log and skip what cannot be read"
     try:
-        frames = parts[parts.index(DELIM) + 1:]
         parent, mid = _parent_of(frames, self.session.hot.unpack)
-        if self.lazy and mid is not None and not self._claimed(mid):
-            return self.inbox.put_frames(mid, frames) # checked if it is ever read
+        if self.check_late and mid is not None and not self._wanted(mid):
+            return self.inbox.put_frames(mid, frames, checked=False)
         self.session.check(frames)
         if parent is None: parent = self.session.hot.unpack(frames[2]) or {} # xeus sends a null parent for none
         mid = parent.get('msg_id')
         if not (mid is None or isinstance(mid, str)): raise TypeError(f"parent msg_id is a {type(mid).__name__}")
         if mid is None and self.session.unpack(frames[1]).get('msg_type') == 'iopub_welcome': return
-        # a lazy channel's inbox takes frames as unchecked, so what was checked here goes there decoded
-        msg = self.session.unpack_frames(frames, parent) if self.lazy or self._claimed(mid) else None
+        if not self._wanted(mid): return self.inbox.put_frames(mid, frames, checked=True)
+        msg = self.session.unpack_frames(frames, parent)
     except Exception as e:
         if isinstance(e, SignatureError): self.forged = e
         log.warning("skipped an unreadable message: %r", e)
         return
-    if msg is None: return self.inbox.put_frames(mid, frames)
     self._answered(mid)
     self.router.deliver(msg)
 
-# %% ../nbs/04_channel.ipynb #ceda9128
-@patch
-def _events(self:RoutedChannel) -> int:
-    "The socket's `ZMQ_EVENTS`, read outside the reader: if it shows a message, the reader gets a turn (the read took its signal)"
-    events = _get_opt(self.sync, _EVENTS)
-    if events & _POLLIN: self._soon()
-    return events
-
-@patch
-async def until_sendable(self:RoutedChannel, timeout:float) -> bool:
-    "Wait until the socket can send (one connected with `ZMQ_IMMEDIATE`: until it is connected); False after `timeout` s"
-    self.check_loop()
-    if self._events() & _POLLOUT: return True
-    if self.sendable is None: self.sendable = self.loop.create_future()
-    try: return await asyncio.wait_for(asyncio.shield(self.sendable), max(0, timeout))
-    except TimeoutError: return False
-
-# %% ../nbs/04_channel.ipynb #d3b6ed89
-class RoutedSocket(zmq.asyncio.Socket):
-    "A pyzmq asyncio socket whose every look at its state, made through it, gives its channel's reader a turn"
-    channel:RoutedChannel|None = None # the channel whose reader reads it, while it does
-    getsockopt = zmq.asyncio.Socket.get # pyzmq's asyncio `get`, which tells `_schedule_remaining_events` of an EVENTS read
-
-    @classmethod
-    def adopt(cls, sock:zmq.asyncio.Socket, channel:RoutedChannel):
-        "Make `sock` (a pyzmq asyncio socket) a `RoutedSocket` in place, read by `channel`'s reader"
-        if type(sock) is zmq.asyncio.Socket: sock.__class__ = cls
-        elif not isinstance(sock, cls): raise TypeError(f"a RoutedChannel reads a zmq.asyncio.Socket, not a {type(sock).__name__}")
-        sock.channel = channel
-
-    def _schedule_remaining_events(self, events=None):
-        "pyzmq's hook after each look it makes at `ZMQ_EVENTS`: the look may have taken the reader's signal"
-        if self.channel is not None: self.channel._soon()
-        super()._schedule_remaining_events(events)
-
-    def _handle_events(self, fd=0, events=0):
-        "pyzmq's handler of the descriptor, once its asyncio use put it in the reader's place: the reader's turn, then pyzmq's"
-        if self.channel is not None: self.channel._ready()
-        if self._state: super()._handle_events(fd, events)
-
-class _TellingPoller(zmq.asyncio.Poller):
-    "The poller of a `RoutedSocket`'s own `poll`: once it has polled, the readers of the sockets it polled take a turn"
-    def poll(self, timeout=-1) -> asyncio.Future:
-        fut = super().poll(timeout)
-        self._tell()
-        fut.add_done_callback(self._tell)
-        return fut
-
-    def _tell(self, _=None):
-        for sock, _ in self.sockets:
-            if isinstance(sock, RoutedSocket) and sock.channel is not None: sock.channel._soon()
-
-RoutedSocket._poller_class = _TellingPoller
 
 # %% ../nbs/04_channel.ipynb #0af9930a
 @patch
@@ -244,11 +128,19 @@ def send(self:RoutedChannel, msg:dict):
     else: self._send_counted(msg, key)
 
 @patch
+def send_now(self:RoutedChannel, msg:dict):
+    "Send `msg` at once, past the window and the backlog, uncounted: for a request of the client's own that must go even when lost replies fill the window"
+    if self.router.closed: raise self.router.closed
+    self.check_loop()
+    self.transmit(msg)
+
+@patch
 def _room(self:RoutedChannel, key:str|None, mid:str) -> bool:
-    "May request `mid` go to shell `key` now? Never while a hold keeps it; a held request only once nothing is unanswered there"
-    if key in self.sealed: return False
-    if mid in self.holds: return not self.open.get(key)
-    return self.window is None or self.open.get(key, 0) < self.window
+    "May request `mid` go to shell `key` now? Never while a cancellable request is alone there; a cancellable one only once nothing is unanswered there"
+    if key in self.alone: return False
+    if mid in self.cancellables: return not self.in_kernel.get(key)
+    return self.window is None or self.in_kernel.get(key, 0) < self.window
+
 
 # %% ../nbs/04_channel.ipynb #5121b86b
 class _Queued:
@@ -299,23 +191,17 @@ def _mid_of(item:_Queued|dict) -> str:
     "The msg_id of backlog item `item`"
     return item['header']['msg_id'] if isinstance(item, dict) else item.msg_id
 
-# %% ../nbs/04_channel.ipynb #01a587a0
-@patch
-def _transmit(self:RoutedChannel, msg:dict):
-    "The transport's outgoing end: sign and send `msg` on the channel's socket, then give the reader a turn (*The race*)"
-    self.session.send(self.socket, msg)
-    self._soon()
-
 # %% ../nbs/04_channel.ipynb #66538cd2
 @patch
 def _send_counted(self:RoutedChannel, msg:dict, key:str|None):
-    "Send `msg`, counted as one of the unanswered requests of shell `key` if a reply will come; a held request seals the shell"
+    "Send `msg`, counted as one of the unanswered requests of shell `key` if a reply will come; a cancellable request is then alone there"
     h = msg['header']
     if h['msg_type'].endswith('_request'): # a comm message or an input_reply gets no reply to free its slot
         self.unanswered[h['msg_id']] = key
-        self.open[key] = self.open.get(key, 0) + 1
-        if (held := self.holds.get(h['msg_id'])) is not None: held.key, self.sealed[key] = key, held
-    self._transmit(msg)
+        self.in_kernel[key] = self.in_kernel.get(key, 0) + 1
+        if (c := self.cancellables.get(h['msg_id'])) is not None: c.key, self.alone[key] = key, c
+    self.transmit(msg)
+
 
 # %% ../nbs/04_channel.ipynb #3252b74b
 @patch
@@ -323,11 +209,11 @@ def _answered(self:RoutedChannel, mid:str):
     "Free the window slot of request `mid` (if it was sent from here) and send what waits behind it"
     if mid not in self.unanswered: return
     key = self.unanswered.pop(mid)
-    self.open[key] -= 1
-    h = self.sealed.get(key)
-    if h is None or h.mid != mid: return self._pump(key)
-    h.replied = True
-    self._ended(h)
+    self.in_kernel[key] -= 1
+    c = self.alone.get(key)
+    if c is None or c.mid != mid: return self._pump(key)
+    c.replied = True
+    c.release()
 
 @patch
 def _pump(self:RoutedChannel, key:str|None):
@@ -338,7 +224,7 @@ def _pump(self:RoutedChannel, key:str|None):
         if mid in self.router.abandoned:
             waiting.popleft()
             del self.router.abandoned[mid]
-            self._unhold(mid)
+            if (c := self.cancellables.get(mid)) is not None: c.drop()
         elif self._room(key, mid): self._send_counted(self._unqueued(waiting.popleft(), key), key)
         else: return
 
@@ -347,101 +233,37 @@ def waiting(self:RoutedChannel, mid:str) -> bool:
     "Is request `mid` in the backlog, not sent yet?"
     return any(_mid_of(item) == mid for q in self.backlog.values() for item in q)
 
+@patch
+def lost(self:RoutedChannel, mid:str, exc:ConKernelError):
+    "Request `mid`'s reply and `idle` will never come (its transport lost them): fail its caller with `exc`, free its window slot and its shell"
+    if (c := self.cancellables.get(mid)) is not None: c.idle = True
+    self._answered(mid)
+    if (fut := self.router.pending.get(mid)) is not None: fut.set_exception(exc)
+
+
 # %% ../nbs/04_channel.ipynb #c1c60b91
 def _retrieved(task:asyncio.Task):
     "Done-callback marking `task`'s exception as retrieved: someone else reports it, or nobody needs to"
     if not task.cancelled(): task.exception()
 
-# %% ../nbs/04_channel.ipynb #119d49ce
-class _Hold:
-    "A cancellable request: alone on its shell in the kernel, which it keeps until its reply and its `idle` came"
-    __slots__ = ('mid', 'key', 'channel', 'inbox', 'on_pub', 'follower', 'started', 'replied', 'idle', 'stopping', 'wake')
-    def __init__(self, mid:str, channel:RoutedChannel, inbox:Inbox):
-        self.mid,self.channel,self.inbox = mid,channel,inbox
-        self.key:str|None = None # its shell, once sent
-        self.on_pub:Callable[[dict],object]|None = None # who reads its iopub messages; None: the iopub inbox
-        self.follower:Follower|None = None
-        self.started = self.replied = self.idle = False # its `execute_input` (the code runs), reply, `idle` came?
-        self.stopping:asyncio.Future|None = None # while `cancel` interrupts it: the outcome
-        self.wake:asyncio.Future|None = None # resolved at its next iopub message, for `until`
-
-    def __call__(self, msg:dict) -> bool:
-        "Follower of the request's iopub messages: hand `msg` on, and note the `execute_input` and `idle` of the request"
-        if self.on_pub is None: self.inbox.put(msg)
-        else: self.on_pub(msg)
-        if msg['msg_type'] == 'execute_input': self.started = True
-        elif is_idle(msg):
-            self.idle = True
-            self.channel._ended(self)
-        if self.wake is not None and not self.wake.done(): self.wake.set_result(None)
-        return self.idle
-
-    async def until(self, cond:Callable[[],bool], reply:asyncio.Future, deadline:float) -> bool:
-        "Wait until `cond()` holds or `reply` is done, at most until loop time `deadline`: did either happen?"
-        loop = asyncio.get_running_loop()
-        while not (cond() or reply.done()):
-            if (left := deadline - loop.time()) <= 0: return False
-            self.wake = loop.create_future()
-            await asyncio.wait([self.wake, reply], timeout=left, return_when=asyncio.FIRST_COMPLETED)
-        return True
-
-@patch
-def hold(self:RoutedChannel, mid:str, iopub:RoutedChannel) -> _Hold:
-    "Make request `mid`, not sent yet, cancellable: alone on its shell, whose backlog waits until it has ended"
-    h = self.holds[mid] = _Hold(mid, self, iopub.inbox)
-    h.follower = iopub.router.follow(mid, h)
-    h.follower.add_done_callback(_retrieved) # a client that closes fails it: the request's caller hears of that
-    return h
-
-@patch
-def _ended(self:RoutedChannel, h:_Hold):
-    "Release held request `h`'s shell once the kernel is done with it (reply and `idle` came, no interrupt under way)"
-    if not (h.replied and h.idle) or h.stopping is not None: return
-    del self.holds[h.mid]
-    if self.sealed.get(h.key) is h: del self.sealed[h.key]
-    self._pump(h.key)
-
-@patch
-def _lost(self:RoutedChannel, mid:str):
-    "Request `mid`'s reply and `idle` will never come (a transport lost them): free its window slot, and its shell if it held it"
-    if (h := self.holds.get(mid)) is not None: h.idle = True
-    self._answered(mid)
-
-@patch
-def _unhold(self:RoutedChannel, mid:str):
-    "Drop the hold of request `mid`, which will never be sent"
-    if (h := self.holds.pop(mid, None)) is not None: h.follower.cancel()
-
 # %% ../nbs/04_channel.ipynb #e8f4b8b7
 @patch
-def forget(self:RoutedChannel, exc:ConKernelError):
+def reset(self:RoutedChannel, exc:ConKernelError):
     "The kernel is gone but the channel stays: fail what is in flight with `exc`, abandon it, empty the window and backlog"
     for mid in self.router.pending: self.router.abandon(mid)
     self.router.fail(exc)
-    for h in self.holds.values(): h.follower.cancel()
-    self.unanswered.clear(); self.open.clear(); self.backlog.clear(); self.holds.clear(); self.sealed.clear()
+    for c in list(self.cancellables.values()): c.drop()
+    self.unanswered.clear(); self.in_kernel.clear(); self.backlog.clear(); self.cancellables.clear(); self.alone.clear()
 
-# %% ../nbs/04_channel.ipynb #7ab7a027
-@patch
-def reconnect(self:RoutedChannel, socket:zmq.asyncio.Socket):
-    "Swap in `socket` for the channel's socket, whose unsent messages are discarded, and restart the reader; the router stays"
-    self._unwatch()
-    self.socket.close(linger=0)
-    self.socket = socket
-    if self.loop is None: self.start()
-    else: self._watch()
 
 # %% ../nbs/04_channel.ipynb #58be5218
 @patch
 def close(self:RoutedChannel, exc:ConKernelError|None=None):
-    "The one teardown path: fail every waiter with `exc` (default `ChannelsClosedError`), stop the reader, close the socket"
+    "The one teardown path: fail every waiter with `exc` (default `ChannelsClosedError`); a transport then closes its own end"
     self.router.close(exc or ChannelsClosedError("the client's channels were stopped"))
-    self._unwatch()
-    if self.socket is not None:
-        self.socket.close(linger=0)
-        self.socket = None
 
 RoutedChannel.stop = RoutedChannel.close
+
 
 # %% ../nbs/04_channel.ipynb #667669c9
 @patch
@@ -463,6 +285,184 @@ async def get_msgs(self:RoutedChannel) -> list[dict]:
 async def msg_ready(self:RoutedChannel) -> bool:
     "Is an unclaimed message waiting?"
     return bool(self.inbox)
+
+# %% ../nbs/04_channel.ipynb #e2a71041
+class ZMQChannel(RoutedChannel, AsyncZMQSocketChannel):
+    "A routed channel on a ZMQ socket, read only by its reader: jupyter_client's `AsyncZMQSocketChannel` with an owner"
+    def __init__(self, socket:zmq.asyncio.Socket, session:Session, loop=None):
+        RoutedChannel.__init__(self, session)
+        self.socket = socket # all that jupyter_client's channel keeps, with the session
+        self.burst = 50 # messages a reader's turn routes at most before it lets the loop run
+        self.shadow:zmq.Socket|None = None # a synchronous shadow of the socket, for the reader
+        self.fd:int|None = None # the socket's file descriptor, while the loop watches it for the reader
+        self.turn:asyncio.Handle|None = None # the reader's next turn, when it is due without the descriptor
+        self.sendable:asyncio.Future|None = None # resolved by the reader once the socket can send (`until_sendable`)
+
+    def is_alive(self) -> bool:
+        "Does the channel have its socket? (jupyter_client's meaning)"
+        return self.socket is not None
+
+
+# %% ../nbs/04_channel.ipynb #ac447543
+@patch
+def start(self:ZMQChannel):
+    "Start the reader on the running event loop, which becomes the channel's loop"
+    if self.loop is None:
+        self.loop = asyncio.get_running_loop()
+        self._watch()
+
+@patch
+def _watch(self:ZMQChannel):
+    "Have the loop call the reader, `_read`, whenever the socket's descriptor signals, and once now"
+    RoutedSocket.adopt(self.socket, self)
+    self.shadow = zmq.Socket.shadow(self.socket.underlying)
+    self.fd = self.shadow.FD
+    selector_of(self.loop).add_reader(self.fd, self._read)
+    self._soon() # what came before the loop watched the descriptor signalled no one
+    self.listening.set()
+
+@patch
+def _soon(self:ZMQChannel):
+    "Give the reader a turn soon, unless it has one already"
+    if self.turn is None and self.fd is not None: self.turn = self.loop.call_soon(self._read)
+
+@patch
+def _unwatch(self:ZMQChannel):
+    "Stop the reader: the loop no longer watches the socket's descriptor"
+    if self.turn is not None: self.turn.cancel()
+    if self.fd is not None and not self.loop.is_closed(): selector_of(self.loop).remove_reader(self.fd)
+    if isinstance(self.socket, RoutedSocket): self.socket.channel = None
+    self.turn = self.fd = None
+
+
+# %% ../nbs/04_channel.ipynb #d26a00c8
+_EVENTS, _POLLIN, _POLLOUT, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.NOBLOCK) # plain ints, as for sending
+_get_opt, _recv_frame = get_option, recv_frame # pyzmq's own, under its wrapper (`compat`)
+
+def _recv_whole(shadow:zmq.Socket) -> list[bytes]|None:
+    "The frames after the delimiter of the message waiting on `shadow` (ZMQ delivers a multipart message whole); None, logged, if it has none"
+    frame = _recv_frame(shadow, _NOBLOCK, False)
+    parts = [frame.bytes]
+    while frame.more:
+        frame = _recv_frame(shadow, _NOBLOCK, False)
+        parts.append(frame.bytes)
+    try: return parts[parts.index(DELIM) + 1:]
+    except ValueError: log.warning("skipped an unreadable message: no delimiter among its %d frames", len(parts))
+
+_ASKED = 4 # messages a turn reads asking `ZMQ_EVENTS` before each; past that, a queue: it reads on until EAGAIN
+
+@patch
+def _read(self:ZMQChannel):
+    "The reader: route the messages waiting on the socket, at most `burst` of them a turn; on failure, `teardown`"
+    turn, self.turn = self.turn, None
+    if turn is not None: turn.cancel() # this turn is the one it was due
+    if self.fd is None: return
+    try:
+        n, shadow = self.burst, self.shadow
+        while (events := _get_opt(shadow, _EVENTS)) & _POLLIN: # ends on `ZMQ_EVENTS`: the descriptor signals again
+            if not n: return self._soon() # a flood: let everything else run before the next burst
+            if (frames := _recv_whole(shadow)) is not None: self.received(frames)
+            n -= 1
+            if self.burst - n >= _ASKED: # one exception ends the queue, instead of a `ZMQ_EVENTS` read a message
+                try:
+                    while n and self.fd is not None:
+                        if (frames := _recv_whole(shadow)) is not None: self.received(frames)
+                        n -= 1
+                except zmq.Again: pass
+            if self.fd is None: return # routing closed the channel
+        if events & _POLLOUT and self.sendable is not None:
+            self.sendable.set_result(True)
+            self.sendable = None
+    except zmq.ZMQError as e: self.teardown(ChannelsClosedError(f"a channel's socket failed: {e}"))
+    except Exception as e:
+        log.exception("reader of %s failed", self.socket)
+        self.teardown(ChannelsClosedError(f"a channel's reader failed: {e!r}"))
+
+
+# %% ../nbs/04_channel.ipynb #ceda9128
+@patch
+def _events(self:ZMQChannel) -> int:
+    "The socket's `ZMQ_EVENTS`, read outside the reader: if it shows a message, the reader gets a turn (the read took its signal)"
+    events = _get_opt(self.shadow, _EVENTS)
+    if events & _POLLIN: self._soon()
+    return events
+
+@patch
+async def until_sendable(self:ZMQChannel, timeout:float) -> bool:
+    "Wait until the socket can send (one connected with `ZMQ_IMMEDIATE`: until it is connected); False after `timeout` s"
+    self.check_loop()
+    if self._events() & _POLLOUT: return True
+    if self.sendable is None: self.sendable = self.loop.create_future()
+    try: return await asyncio.wait_for(asyncio.shield(self.sendable), max(0, timeout))
+    except TimeoutError: return False
+
+
+# %% ../nbs/04_channel.ipynb #01a587a0
+@patch
+def transmit(self:ZMQChannel, msg:dict):
+    "Message out: sign and send `msg` on the channel's socket, then give the reader a turn (*The race*)"
+    self.session.send(self.socket, msg)
+    self._soon()
+
+
+# %% ../nbs/04_channel.ipynb #7ab7a027
+@patch
+def reconnect(self:ZMQChannel, socket:zmq.asyncio.Socket):
+    "Swap in `socket` for the channel's socket, whose unsent messages are discarded, and restart the reader; the router stays"
+    self._unwatch()
+    self.socket.close(linger=0)
+    self.socket = socket
+    if self.loop is None: self.start()
+    else: self._watch()
+
+@patch
+def close(self:ZMQChannel, exc:ConKernelError|None=None):
+    "`RoutedChannel.close`, then stop the reader and close the socket"
+    RoutedChannel.close(self, exc)
+    self._unwatch()
+    if self.socket is not None:
+        self.socket.close(linger=0)
+        self.socket = None
+
+ZMQChannel.stop = ZMQChannel.close
+
+
+# %% ../nbs/04_channel.ipynb #d3b6ed89
+class RoutedSocket(zmq.asyncio.Socket):
+    "A pyzmq asyncio socket whose every look at its state, made through it, gives its channel's reader a turn"
+    channel:ZMQChannel|None = None # the channel whose reader reads it, while it does
+    getsockopt = zmq.asyncio.Socket.get # pyzmq's asyncio `get`, which tells `_schedule_remaining_events` of an EVENTS read
+
+    @classmethod
+    def adopt(cls, sock:zmq.asyncio.Socket, channel:ZMQChannel):
+        "Make `sock` (a pyzmq asyncio socket) a `RoutedSocket` in place, read by `channel`'s reader"
+        if type(sock) is zmq.asyncio.Socket: sock.__class__ = cls
+        elif not isinstance(sock, cls): raise TypeError(f"a ZMQChannel reads a zmq.asyncio.Socket, not a {type(sock).__name__}")
+        sock.channel = channel
+
+    def _schedule_remaining_events(self, events=None):
+        "pyzmq's hook after each look it makes at `ZMQ_EVENTS`: the look may have taken the reader's signal"
+        if self.channel is not None: self.channel._soon()
+        super()._schedule_remaining_events(events)
+
+    def _handle_events(self, fd=0, events=0):
+        "pyzmq's handler of the descriptor, once its asyncio use put it in the reader's place: the reader's turn, then pyzmq's"
+        if self.channel is not None: self.channel._read()
+        if self._state: super()._handle_events(fd, events)
+
+class _TellingPoller(zmq.asyncio.Poller):
+    "The poller of a `RoutedSocket`'s own `poll`: once it has polled, the readers of the sockets it polled take a turn"
+    def poll(self, timeout=-1) -> asyncio.Future:
+        fut = super().poll(timeout)
+        self._tell()
+        fut.add_done_callback(self._tell)
+        return fut
+
+    def _tell(self, _=None):
+        for sock, _ in self.sockets:
+            if isinstance(sock, RoutedSocket) and sock.channel is not None: sock.channel._soon()
+
+RoutedSocket._poller_class = _TellingPoller
 
 # %% ../nbs/04_channel.ipynb #96f5e009
 def unbounded_context() -> zmq.asyncio.Context:

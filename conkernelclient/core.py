@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio, itertools, logging, time, weakref
 from collections import deque
 from functools import partial
-from typing import Awaitable, Iterable
+from typing import Awaitable, Callable, Iterable
 from queue import Empty
 
 import zmq, zmq.asyncio
@@ -23,8 +23,8 @@ from traitlets import Bool, DottedObjectName, Float, Integer, Type, default, obs
 from conkernelclient.errors import (ConKernelError, KernelDiedError, ChannelsClosedError, KernelRestartedError,
     SubshellsUnsupportedError, KeyMismatchError, NotCancellableError, InterruptScopeError, InterruptUnsupportedError)
 from conkernelclient.session import ConSession
-from conkernelclient.routing import ReplyFuture, is_idle
-from conkernelclient.channel import RoutedChannel, unbounded_context, _Hold, _retrieved
+from conkernelclient.routing import Follower, ReplyFuture, is_idle
+from conkernelclient.channel import RoutedChannel, ZMQChannel, unbounded_context, _retrieved
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +49,17 @@ def _owned(name:str) -> property:
             setattr(self, attr, ch)
             ch.teardown = self._close # a reader that stops by itself stops the whole client
             if name == 'shell': ch.window = self.window
-            if name == 'iopub': ch.lazy, ch.inbox.maxlen = True, self.iopub_inbox_limit
+            if name == 'iopub': ch.check_late, ch.inbox.maxlen = True, self.iopub_inbox_limit
         return ch
     return property(get, doc=f"The {name} channel: a `RoutedChannel` that belongs to this client")
 
 # %% ../nbs/05_core.ipynb #d154ec97
 class ConKernelClient(AsyncKernelClient):
     "An `AsyncKernelClient` that keeps many requests in flight and routes every reply to the request that asked"
-    shell_channel_class = Type(RoutedChannel)
-    control_channel_class = Type(RoutedChannel)
-    iopub_channel_class = Type(RoutedChannel)
-    stdin_channel_class = Type(RoutedChannel)
+    shell_channel_class = Type(ZMQChannel)
+    control_channel_class = Type(ZMQChannel)
+    iopub_channel_class = Type(ZMQChannel)
+    stdin_channel_class = Type(ZMQChannel)
     liveness_interval = Float(0.25, config=True, help="Seconds between checks that the kernel is still alive")
     startup_timeout = Float(60, config=True, help="Seconds `start_channels` waits for the kernel to answer")
     window = Integer(500, allow_none=True, config=True,
@@ -97,7 +97,7 @@ class ConKernelClient(AsyncKernelClient):
     stdin_channel = _owned('stdin')
 
     def _new_channel(self, name:str) -> RoutedChannel:
-        "A new channel `name` on this client's transport: jupyter_client's, a ZMQ socket to the kernel's port"
+        "A new channel `name` on this client's transport: jupyter_client's, a `ZMQChannel` on a socket to the kernel's port"
         return getattr(AsyncKernelClient, f'{name}_channel').fget(self)
 
     @observe('window')
@@ -131,6 +131,10 @@ class ConKernelManager(AsyncKernelManager):
         super().__init__(**kwargs)
         self.clients:weakref.WeakSet[ConKernelClient] = weakref.WeakSet()
 
+    async def interrupt_mode(self) -> str:
+        "'signal' or 'message': how the kernel asks to be interrupted, as its kernel spec says"
+        return self.kernel_spec.interrupt_mode
+
 # %% ../nbs/05_core.ipynb #c1564e5d
 @patch
 def client(self:ConKernelManager, **kwargs) -> ConKernelClient:
@@ -159,7 +163,7 @@ def _kernel_died(self:ConKernelClient, exc:KernelDiedError):
     "Fail what is in flight with `exc` and refuse new requests with it, until the kernel is back (`_revive`, `restart_clients`)"
     self.dead = exc
     for ch in self.routed:
-        ch.forget(exc)
+        ch.reset(exc)
         ch.router.close(exc)
 
 @patch
@@ -293,9 +297,9 @@ def connect_stdin(self:ConKernelClient, identity:bytes|None=None) -> zmq.Socket:
 
 @patch
 async def _until_stdin_connected(self:ConKernelClient, deadline:float):
-    "Wait until the stdin socket is connected to the kernel (a transport without one has nothing to wait for)"
+    "Wait until the stdin channel's transport can send to the kernel: a ZMQ socket is connected (`ZMQChannel.until_sendable`)"
     ch = self._stdin_channel
-    if ch is None or ch.socket is None or ch.socket.closed: return
+    if ch is None or not ch.is_alive(): return
     if not await ch.until_sendable(deadline - time.monotonic()):
         raise TimeoutError("the kernel answered, but its stdin socket never accepted the client's connection")
 
@@ -349,10 +353,10 @@ def _cancellable(self:ConKernelClient, cancellable:bool|None, on_timeout:str) ->
     return True
 
 @patch
-def _hold_if(self:ConKernelClient, msg:dict, cancellable:bool):
+def _cancellable_if(self:ConKernelClient, msg:dict, cancellable:bool):
     "Make request `msg`, about to be sent, cancellable if asked"
     self.shell_channel.check_loop()
-    if cancellable: self.shell_channel.hold(msg['header']['msg_id'], self.iopub_channel)
+    if cancellable: _Alone(msg['header']['msg_id'], self.shell_channel, self.iopub_channel)
 
 # %% ../nbs/05_core.ipynb #0a586bb8
 @patch
@@ -371,7 +375,7 @@ def execute(self:ConKernelClient, code:str,
     msg = self._execute_msg(code, subshell_id, silent=silent, store_history=store_history,
                             user_expressions=user_expressions, allow_stdin=allow_stdin, stop_on_error=stop_on_error)
     if on_timeout != 'abandon' and not reply: raise ValueError("on_timeout needs reply=True: without it there is no timeout")
-    self._hold_if(msg, self._cancellable(cancellable, on_timeout))
+    self._cancellable_if(msg, self._cancellable(cancellable, on_timeout))
     if not reply:
         self.shell_channel.send(msg)
         return msg['header']['msg_id']
@@ -392,6 +396,60 @@ def _require_subshells(self:ConKernelClient):
     why = ("no kernel_info_reply yet: await kc.start_channels() first" if self.kernel_info_reply is None
            else "its kernel_info_reply does not list 'kernel subshells' in supported_features")
     raise SubshellsUnsupportedError(f"this kernel cannot run subshells ({why}); leave subshell_id=None for the main shell")
+
+# %% ../nbs/05_core.ipynb #29300b8c
+class _Alone:
+    "A cancellable request, alone on its shell in the kernel until its reply and its `idle` came: its state, and what ends it"
+    __slots__ = ('mid', 'key', 'channel', 'inbox', 'on_pub', 'follower', 'started', 'replied', 'idle', 'stopping', 'wake')
+    def __init__(self, mid:str, channel:RoutedChannel, iopub:RoutedChannel):
+        "Make request `mid`, not sent yet, cancellable on `channel`, following its messages on `iopub`"
+        self.mid,self.channel,self.inbox = mid,channel,iopub.inbox
+        self.key:str|None = None # its shell, once sent
+        self.on_pub:Callable[[dict],object]|None = None # who reads its iopub messages; None: the iopub inbox
+        self.started = self.replied = self.idle = False # its `execute_input` (the code runs), reply, `idle` came?
+        self.stopping:asyncio.Future|None = None # while `cancel` interrupts it: the outcome
+        self.wake:asyncio.Future|None = None # resolved at its next iopub message, for `until`
+        self.follower:Follower = iopub.router.follow(mid, self)
+        self.follower.add_done_callback(_retrieved) # a client that closes fails it: the request's caller hears of that
+        channel.cancellables[mid] = self
+
+    def __call__(self, msg:dict) -> bool:
+        "Follower of the request's iopub messages: hand `msg` on, and note the `execute_input` and `idle` of the request"
+        if self.on_pub is None: self.inbox.put(msg)
+        else: self.on_pub(msg)
+        if msg['msg_type'] == 'execute_input': self.started = True
+        elif is_idle(msg):
+            self.idle = True
+            self.release()
+        if self.wake is not None and not self.wake.done(): self.wake.set_result(None)
+        return self.idle
+
+    async def until(self, cond:Callable[[],bool], reply:asyncio.Future, deadline:float) -> bool:
+        "Wait until `cond()` holds or `reply` is done, at most until loop time `deadline`: did either happen?"
+        loop = asyncio.get_running_loop()
+        while not (cond() or reply.done()):
+            if (left := deadline - loop.time()) <= 0: return False
+            self.wake = loop.create_future()
+            await asyncio.wait([self.wake, reply], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        return True
+
+    def release(self):
+        "Free its shell once the kernel is done with it (reply and `idle` came, no interrupt under way), and send what waits there"
+        if not (self.replied and self.idle) or self.stopping is not None: return
+        ch = self.channel
+        del ch.cancellables[self.mid]
+        if ch.alone.get(self.key) is self: del ch.alone[self.key]
+        ch._pump(self.key)
+
+    def drop(self):
+        "Forget the request, which will never be sent, or whose kernel is gone: stop following it"
+        self.channel.cancellables.pop(self.mid, None)
+        self.follower.cancel()
+
+    def detach(self, sent:bool):
+        "Its caller stops following it: its iopub messages go to the inbox from now on; one never sent is dropped"
+        self.on_pub = None
+        if not sent: self.drop()
 
 # %% ../nbs/05_core.ipynb #d36e2306
 @patch
@@ -427,7 +485,7 @@ async def cancel(self:ConKernelClient, msg_id:str,
         elif ch.waiting(msg_id): ch.router.abandon(msg_id)
         else: return 'finished'
         return 'withdrawn'
-    h = ch.holds.get(msg_id)
+    h = ch.cancellables.get(msg_id)
     if h is None: raise NotCancellableError(
         f"request {msg_id} was sent without cancellable=True, so it may be queued in the kernel behind other requests, "
         "where no interrupt can stop it alone; send it with cancellable=True (or set kc.cancellable) to cancel it")
@@ -446,7 +504,7 @@ async def cancel(self:ConKernelClient, msg_id:str,
     finally:
         stopping, h.stopping = h.stopping, None
         if not stopping.cancelled(): stopping.exception() # retrieved: a second `cancel` may not be waiting
-        ch._ended(h)
+        h.release()
     return outcome
 
 # %% ../nbs/05_core.ipynb #e3a70160
@@ -456,7 +514,7 @@ def _interrupts_every_shell(self:ConKernelClient) -> bool:
     return (self.kernel_info_reply or {}).get('content', {}).get('implementation') != 'ipython'
 
 @patch
-def _check_scope(self:ConKernelClient, h:_Hold):
+def _check_scope(self:ConKernelClient, h:_Alone):
     "Raise `InterruptScopeError` unless interrupting the kernel stops held request `h` and no other request of this client"
     if not self._interrupts_every_shell:
         if h.key is None: return
@@ -468,13 +526,11 @@ def _check_scope(self:ConKernelClient, h:_Hold):
 
 # %% ../nbs/05_core.ipynb #1d1b761e
 @patch
-async def _stop(self:ConKernelClient, h:_Hold, timeout:float) -> str:
-    "Interrupt the kernel once held request `h` runs, taking over its reply to tell 'interrupted' from 'finished'"
+async def _stop(self:ConKernelClient, h:_Alone, timeout:float) -> str:
+    "Interrupt the kernel once cancellable request `h` runs, intercepting its reply to tell 'interrupted' from 'finished'"
     ch, loop = self.shell_channel, asyncio.get_running_loop()
     rt, deadline = ch.router, loop.time() + timeout
-    caller = rt.pending.get(h.mid) # the caller's future, if one still waits
-    mine = rt.pending[h.mid] = ReplyFuture(loop=loop)
-    mine.msg_id, mine.timeout, mine.deadline, mine.router = h.mid, None, None, rt
+    mine = rt.intercept(h.mid)
     try:
         if not await h.until(lambda: h.started, mine, deadline):
             raise TimeoutError(f"request {h.mid} did not start within {timeout} s: its shell is busy with other work")
@@ -483,25 +539,17 @@ async def _stop(self:ConKernelClient, h:_Hold, timeout:float) -> str:
             await self._interrupt()
             await h.until(lambda: h.idle, mine, min(deadline, loop.time() + 1))
         await h.until(lambda: False, mine, loop.time() + 1) # its reply comes with its `idle`, unless it was lost
+        reply = mine.result() if mine.done() else None # a table that failed (the kernel died) raises its error here
     except BaseException:
-        if rt.pending.get(h.mid) is mine:
-            if caller is not None and not caller.done(): rt.pending[h.mid] = caller
-            else: del rt.pending[h.mid]
+        rt.give_back(h.mid) # the caller waits for the reply again, or has failed with the table
         raise
-    if mine.done(): reply = mine.result()
-    else: # ipykernel sends no reply when the interrupt lands just after the code ended, outside it
+    if reply is None: # ipykernel sends no reply when the interrupt lands just after the code ended, outside it
         log.warning("request %s ended without a reply after the interrupt: its code may have run to its end", h.mid)
-        del rt.pending[h.mid]
         ch._answered(h.mid)
-        reply = None
     stopped = reply is None or (reply['content'].get('status') == 'error' and reply['content'].get('ename') in _INTERRUPTED)
-    if caller is None:
-        if h.mid in rt.abandoned: del rt.abandoned[h.mid] # its caller gave up on it: the reply is dropped
-        elif reply is not None: ch.inbox.put(reply) # sent with reply=False: the reply goes where it would have gone
-    elif not caller.done():
-        if stopped: caller.cancel()
-        else: caller.set_result(reply)
+    rt.give_back(h.mid, stopped)
     return 'interrupted' if stopped else 'finished'
+
 
 # %% ../nbs/05_core.ipynb #b7e97e01
 @patch
@@ -516,10 +564,9 @@ async def _interrupt(self:ConKernelClient, timeout:float=5):
             f"the kernel did not accept an interrupt_request ({'no reply' if reply is None else reply['content']}); a kernel "
             "whose spec says interrupt_mode 'signal' is interrupted by its manager: make the client with km.client()")
 
-async def _interrupt_mode(km) -> str:
-    "'signal' or 'message': how the kernel of manager `km` asks to be interrupted, as its kernel spec says"
-    if hasattr(km, 'interrupt_mode'): return await km.interrupt_mode() # a remote kernel's spec is on its server
-    return km.kernel_spec.interrupt_mode
+async def _interrupt_mode(km:AsyncKernelManager) -> str:
+    "'signal' or 'message': how the kernel of manager `km` asks to be interrupted: a `ConKernelManager` says (a remote one asks its server), any other's kernel spec"
+    return await km.interrupt_mode() if isinstance(km, ConKernelManager) else km.kernel_spec.interrupt_mode
 
 # %% ../nbs/05_core.ipynb #83281c0e
 @patch
@@ -529,6 +576,19 @@ async def _recv_reply(self:ConKernelClient, msg_id:str, timeout:float|None=None,
     ch = self.shell_channel if channel == 'shell' else self.control_channel
     ch.check_loop()
     return ch.inbox.take(msg_id) or await ch.router.expect(msg_id, timeout)
+
+# %% ../nbs/05_core.ipynb #fbfce2f9
+@patch
+def follow(self:ConKernelClient, msg_id:str,
+           on_msg:Callable[[dict],object], # sees each message of the request; a true result resolves the follower with it
+           channel:str='iopub' # 'iopub' (outputs, status) or 'stdin' (input requests)
+          ) -> Follower:
+    "Pass each message of request `msg_id` on `channel`, those already received first, to `on_msg` until it returns true"
+    if channel not in ('iopub', 'stdin'): raise ValueError(f"a request's messages to follow come on 'iopub' or 'stdin', not {channel!r}")
+    if not callable(on_msg): raise TypeError(f"on_msg must be callable, not {type(on_msg).__name__}")
+    ch = self.iopub_channel if channel == 'iopub' else self.stdin_channel
+    ch.check_loop()
+    return ch.router.follow(msg_id, on_msg)
 
 # %% ../nbs/05_core.ipynb #91bdb7da
 @patch
@@ -558,7 +618,7 @@ def _kernel_restarting(self:ConKernelClient, exc:KernelRestartedError):
     if self.restarting: return
     self.restarting, self.dead = True, None
     for ch in self.routed:
-        ch.forget(exc)
+        ch.reset(exc)
         ch.router.reopen() # a client whose kernel died takes requests again
     self._renew_transport()
 

@@ -6,7 +6,7 @@ Docs: https://conkernelclient.github.io/conkernelclient/remote.html.md"""
 
 # %% ../nbs/08_remote.ipynb #beacd455
 from __future__ import annotations
-import asyncio, json, logging, os, socket, struct, subprocess, sys, tempfile, time, uuid, weakref
+import asyncio, json, logging, os, socket, struct, subprocess, sys, tempfile, time, uuid
 from functools import partial
 from inspect import signature
 from typing import Callable
@@ -15,8 +15,7 @@ from fastcore.basics import patch
 
 from jupyter_client.jsonutil import json_default
 from jupyter_client.kernelspec import KernelSpec
-from jupyter_client.manager import AsyncKernelManager
-from jupyter_client.session import DELIM, new_id
+from jupyter_client.session import new_id
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketClosedError, websocket_connect
 from traitlets import Bool, Float, Unicode
@@ -26,7 +25,7 @@ from conkernelclient.errors import ChannelsClosedError, ConKernelError, KernelDi
 from conkernelclient.session import ConSession
 from conkernelclient.routing import is_idle
 from conkernelclient.channel import RoutedChannel
-from conkernelclient.core import ConKernelClient, restart_clients
+from conkernelclient.core import ConKernelClient, ConKernelManager, restart_clients
 from conkernelclient.server import (KernelNotFoundError, NoAPIError, Server, ServerAuthError, ServerError,
                                     ServerNotRunningError, ServerRefusedError, ServerTimeoutError, ServerTLSError,
                                     ServerUnreachableError, _refused, _unreachable, call)
@@ -209,7 +208,7 @@ def _on_message(self:KernelWebsocket, data:str|bytes):
         log.warning("skipped an unreadable websocket message: %r", e)
         return
     if name == 'iopub' and frames[1] == b'{}' and self.on_status is not None: self._status(frames)
-    ch._route([DELIM, b'', *frames])
+    ch.received([b'', *frames]) # unsigned: the server checked the kernel's signature
 
 @patch
 def _status(self:KernelWebsocket, frames:list[bytes]):
@@ -249,7 +248,7 @@ def close(self:KernelWebsocket):
 class WebsocketChannel(RoutedChannel):
     "A routed channel whose messages travel on the kernel's websocket, as channel `name`"
     def __init__(self, ws:KernelWebsocket, name:str):
-        super().__init__(None, ws.session)
+        super().__init__(ws.session)
         self.ws, self.name = ws, name
         ws.channels[name] = self
         if ws.conn is not None: self.listening.set()
@@ -260,9 +259,9 @@ class WebsocketChannel(RoutedChannel):
             self.loop = asyncio.get_running_loop()
             self.ws.start()
 
-    def _transmit(self, msg:dict): self.ws.send(self.name, msg)
-
-    def is_alive(self) -> bool: return self.loop is not None and not self.router.closed
+    def transmit(self, msg:dict):
+        "Message out: write `msg` to the websocket as channel `name` (it waits for a reconnection while the websocket is down)"
+        self.ws.send(self.name, msg)
 
 # %% ../nbs/08_remote.ipynb #b03553e7
 class _NoHeartbeat:
@@ -354,7 +353,7 @@ def _aside(self:RemoteKernelClient, ch:WebsocketChannel, msg:dict, then:Callable
     quiet = self.iopub_channel.router.follow(mid, is_idle)
     quiet.add_done_callback(lambda f: f.cancelled() or f.exception()) # its failure, when the client closes, is nobody's
     reply = ch.router.expect(mid, None)
-    ch._transmit(msg)
+    ch.send_now(msg)
     async def answered():
         try: await reply
         except ConKernelError: return quiet.cancel()
@@ -404,9 +403,7 @@ def _replies_lost(self:RemoteKernelClient, ch:WebsocketChannel, sent:list[str]):
     "The probe sent behind `sent` was answered: fail those of `sent` still unanswered with `ReplyLostError`"
     for m in sent:
         if m not in ch.unanswered: continue # its reply came after all
-        ch._lost(m)
-        if (fut := ch.router.pending.get(m)) is not None:
-            fut.set_exception(ReplyLostError(f"the websocket dropped while request {m} was in flight, and the server did not replay its reply"))
+        ch.lost(m, ReplyLostError(f"the websocket dropped while request {m} was in flight, and the server did not replay its reply"))
 
 # %% ../nbs/08_remote.ipynb #9cf66227
 @patch
@@ -429,13 +426,13 @@ def _server_gone(self:RemoteKernelClient, e:ServerUnreachableError):
     "A reconnection was refused: fail what is in flight, and what waits to be sent, with `ServerGoneError`"
     exc = ServerGoneError(f"the server of kernel {self.kernel_id} is gone, with the replies in flight: {e}")
     self.ws.waiting.clear()
-    for ch in self.routed: ch.forget(exc)
+    for ch in self.routed: ch.reset(exc)
 
 # %% ../nbs/08_remote.ipynb #4490658a
 _SERVER_OPTIONS = set(signature(Server).parameters) - {'url', 'token'}
 
-class RemoteKernelManager(AsyncKernelManager):
-    "An `AsyncKernelManager` for a kernel on a Jupyter Server or Kernel Gateway at `url`: REST calls, and clients on its websocket"
+class RemoteKernelManager(ConKernelManager):
+    "A `ConKernelManager` for a kernel on a Jupyter Server or Kernel Gateway at `url`: REST calls, and clients on its websocket"
     def __init__(self, url:str|None=None, # the server's base URL, or one pasted from a browser; default: $JUPYTER_GATEWAY_URL
                  token:str|None=None, # default: the URL's, then $JUPYTER_GATEWAY_AUTH_TOKEN, then $JUPYTER_TOKEN
                  kernel_name:str|None=None, # the kernel spec, on the server, of the kernel `start_kernel` starts; None: the server's default
@@ -446,7 +443,6 @@ class RemoteKernelManager(AsyncKernelManager):
         super().__init__(kernel_name=kernel_name or '', **kwargs)
         self.server, self.kernel_id = server or Server(url, token, **options), kernel_id
         self._interrupt_mode:str|None = None # as the kernel's spec on the server says, once asked
-        self.clients:weakref.WeakSet[RemoteKernelClient] = weakref.WeakSet()
 
     def __repr__(self): return f"<RemoteKernelManager of kernel {self.kernel_id} on {self.server.url}>"
 

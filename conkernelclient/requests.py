@@ -13,7 +13,7 @@ from typing import AsyncIterator, Awaitable, Callable
 from fastcore.basics import patch
 from conkernelclient.errors import ChannelsClosedError, ConKernelError, KernelDiedError, SubshellsUnsupportedError
 from conkernelclient.routing import Follower, ReplyFuture, Router, is_idle
-from conkernelclient.core import ConKernelClient
+from conkernelclient.core import ConKernelClient, _Alone
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +152,14 @@ def _start(self:Run):
 # %% ../nbs/06_requests.ipynb #3bc9b1f2
 @patch
 def _follow_pubs(self:Run) -> Follower:
-    "Follow the request's iopub messages: directly, or through its hold if it is cancellable (the hold outlives the run)"
+    "Follow the request's iopub messages: directly, or through its `_Alone` if it is cancellable (which outlives the run)"
     kc = self.kc
     if not self.cancellable:
         self._followers.append(kc.iopub_channel.router.follow(self.msg_id, self._on_pub))
         return self._followers[-1]
-    h = kc.shell_channel.hold(self.msg_id, kc.iopub_channel)
-    h.on_pub = self._on_pub
-    return h.follower
+    alone = _Alone(self.msg_id, kc.shell_channel, kc.iopub_channel)
+    alone.on_pub = self._on_pub
+    return alone.follower
 
 # %% ../nbs/06_requests.ipynb #414a6604
 @patch
@@ -325,9 +325,7 @@ def _close(self:Run, _=None):
     for task in list(self._answer_tasks): task.cancel()
     for req in list(self._asked.values()): self._send_input(req, EOF)
     self._release_turn()
-    if (h := self.kc.shell_channel.holds.get(self.msg_id)) is not None:
-        h.on_pub = None # the hold follows the request on to its `idle`; what comes now goes to the inbox
-        if not self.sent: self.kc.shell_channel._unhold(self.msg_id)
+    if (alone := self.kc.shell_channel.cancellables.get(self.msg_id)) is not None: alone.detach(self.sent)
     self._arrived.set()
 
 # %% ../nbs/06_requests.ipynb #4004bbdb

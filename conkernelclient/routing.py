@@ -21,49 +21,58 @@ log = logging.getLogger(__name__)
 __all__ = ['Inbox', 'Router', 'ReplyFuture', 'Follower', 'is_idle']
 
 # %% ../nbs/03_routing.ipynb #17897cb6
+class _Entry:
+    "A message the inbox keeps: its parent msg_id, and the message, or its frames and whether they passed their check"
+    __slots__ = ('mid', 'item', 'checked')
+    def __init__(self, mid:str|None, item:dict|list[bytes], checked:bool): self.mid,self.item,self.checked = mid,item,checked
+
 class Inbox:
     "Bounded FIFO of unclaimed messages, read with jupyter_client's `get_msg` semantics"
     def __init__(self,
                  maxlen:int=100_000, # messages kept; past this the oldest is dropped and counted in `dropped`
-                 decode:Callable[[list[bytes]],dict]|None=None): # makes the message dict of frames kept undecoded
-        self.msgs:deque[tuple[str|None,dict|list[bytes]]] = deque()
+                 decode:Callable[[list[bytes],bool],dict]|None=None): # makes the message dict of frames kept undecoded: `decode(frames, checked)`
+        self.msgs:deque[_Entry] = deque()
         self.maxlen,self.decode,self.dropped = maxlen,decode,0
         self.closed:ConKernelError|None = None
         self._arrived = asyncio.Event()
 
     def __len__(self): return len(self.msgs)
 
+
 # %% ../nbs/03_routing.ipynb #39e668bd
 @patch
 def put(self:Inbox, msg:dict):
-    "Append `msg`, dropping the oldest message if the inbox is full"
-    self.put_frames(msg['parent_header'].get('msg_id'), msg)
+    "Append message `msg`, dropping the oldest message if the inbox is full"
+    self.put_frames(msg['parent_header'].get('msg_id'), msg, True)
 
 @patch
-def put_frames(self:Inbox, mid:str|None, frames:list[bytes]|dict):
-    "Append a message whose parent is request `mid`, as the `frames` `decode` will read (or a message dict)"
+def put_frames(self:Inbox, mid:str|None, frames:list[bytes]|dict, checked:bool):
+    "Append a message whose parent is request `mid`, as the `frames` `decode` will read (`checked`: did they pass their check?)"
     if len(self.msgs) >= self.maxlen:
         self.msgs.popleft()
         self.dropped += 1
         if self.dropped == 1: log.warning("an inbox of unclaimed messages is full (%d): its oldest are dropped from now on, and "
                                           "counted in `dropped`; to keep more, raise the client's iopub_inbox_limit", self.maxlen)
-    self.msgs.append((mid, frames))
+    self.msgs.append(_Entry(mid, frames, checked))
     self._arrived.set()
+
 
 # %% ../nbs/03_routing.ipynb #a43a7cd0
 @patch
-def _open(self:Inbox, entry:tuple) -> dict|None:
-    "The message of `entry`, decoded if it is frames; None (logged) if it cannot be"
-    item = entry[1]
-    if isinstance(item, dict): return item
-    try: return self.decode(item)
-    except Exception as e: log.warning("skipped an unreadable message: %r", e)
+def _open(self:Inbox, entry:_Entry) -> dict|None:
+    "The message of `entry`, decoded (and checked, unless it was) once and kept there; None if it cannot be (logged once)"
+    item = entry.item
+    if item is None or isinstance(item, dict): return item
+    try: entry.item = self.decode(item, entry.checked)
+    except Exception as e:
+        log.warning("skipped an unreadable message: %r", e)
+        entry.item = None
+    return entry.item
 
 @patch
 def __iter__(self:Inbox) -> Iterator[dict]:
-    "The messages kept, oldest first, decoded but not taken: they stay, decoded, and those that cannot be are dropped"
-    self.msgs = deque((e[0], m) for e in self.msgs if (m := self._open(e)) is not None)
-    return (m for _, m in list(self.msgs))
+    "The messages kept, oldest first, decoded but not taken; those that cannot be are skipped"
+    return (m for e in list(self.msgs) if (m := self._open(e)) is not None)
 
 @patch
 def clear(self:Inbox):
@@ -76,6 +85,7 @@ def drain(self:Inbox) -> list[dict]:
     msgs = list(self)
     self.clear()
     return msgs
+
 
 # %% ../nbs/03_routing.ipynb #64efff19
 @patch
@@ -97,7 +107,7 @@ async def get(self:Inbox,
 @patch
 def taking(self:Inbox, mid:str) -> Iterator[dict]:
     "Remove and yield, oldest first, the messages whose parent is request `mid`; those not yet yielded stay if you stop"
-    for entry in [e for e in self.msgs if e[0] == mid]:
+    for entry in [e for e in self.msgs if e.mid == mid]:
         self.msgs.remove(entry)
         msg = self._open(entry)
         if msg is not None: yield msg
@@ -137,6 +147,7 @@ class Router:
         self.pending:dict[str,ReplyFuture] = {} # the reply future of each request in flight
         self.following:dict[str,Follower] = {} # the follower of each request whose other messages someone wants
         self.abandoned:dict[str,None] = {} # requests given up on, whose late reply is dropped
+        self.intercepted:dict[str,tuple[ReplyFuture|None,ReplyFuture]] = {} # (the caller's future, the interceptor's), by msg_id
         self.closed:ConKernelError|None = None
         self.context = contextvars.Context()
         self.timer:asyncio.TimerHandle|None = None # the one timer of the table: it fires at the earliest deadline
@@ -217,7 +228,7 @@ def abandon(self:Router, mid:str):
 
 # %% ../nbs/03_routing.ipynb #4432d518
 @patch
-def claims(self:Router, mid:str|None) -> bool:
+def wants(self:Router, mid:str|None) -> bool:
     "Does a message whose parent is request `mid` go to a future or a follower, or get dropped, rather than to the inbox?"
     return mid in self.pending or mid in self.following or mid in self.abandoned
 
@@ -229,7 +240,7 @@ def deliver(self:Router, msg:dict):
     if fut is not None:
         if not fut.done(): fut.set_result(msg)
         else: log.debug("dropped %s for request %s, which ended just before it", msg['msg_type'], mid)
-    elif mid in self.following: self._pass(self.following[mid], msg)
+    elif mid in self.following: self._hand(self.following[mid], msg)
     elif mid in self.abandoned:
         del self.abandoned[mid]
         log.debug("dropped late %s for abandoned request %s", msg['msg_type'], mid)
@@ -238,12 +249,14 @@ def deliver(self:Router, msg:dict):
 # %% ../nbs/03_routing.ipynb #6e42ca43
 @patch
 def fail(self:Router, exc:ConKernelError):
-    "Fail every request in flight, and every follower, with `exc`; the table stays open for new requests"
+    "Fail every request in flight (intercepted ones too), and every follower, with `exc`; the table stays open for new requests"
     pending,self.pending = self.pending,{}
     following,self.following = self.following,{}
+    callers = [caller for caller, _ in self.intercepted.values() if caller is not None] # their futures are in `pending`
+    self.intercepted = {}
     if self.timer is not None: self.timer.cancel()
     self.timer = None
-    for fut in (*pending.values(), *following.values()):
+    for fut in (*pending.values(), *following.values(), *callers):
         if not fut.done(): fut.set_exception(exc)
 
 # %% ../nbs/03_routing.ipynb #8eba75b2
@@ -287,12 +300,12 @@ def follow(self:Router, mid:str,
     fol = self.following[mid] = Follower(loop=asyncio.get_running_loop())
     fol.msg_id, fol.on_msg, fol.table = mid, on_msg, self.following
     for msg in self.inbox.taking(mid):
-        self._pass(fol, msg)
+        self._hand(fol, msg)
         if fol.done(): break
     return fol
 
 @patch
-def _pass(self:Router, fol:Follower, msg:dict):
+def _hand(self:Router, fol:Follower, msg:dict):
     "Give `msg` to follower `fol`: resolve it if `on_msg` says so, fail it if `on_msg` raises"
     try: hit = fol.on_msg(msg)
     except Exception as e: hit, err = False, e
@@ -301,3 +314,32 @@ def _pass(self:Router, fol:Follower, msg:dict):
     del self.following[fol.msg_id] # at once: the request's next message must not reach a follower that is done
     if err is not None: fol.set_exception(err)
     else: fol.set_result(msg)
+
+# %% ../nbs/03_routing.ipynb #a9e48de6
+@patch
+def intercept(self:Router, mid:str) -> ReplyFuture:
+    "Take over request `mid`'s reply: it resolves the future returned instead of its caller's, until `give_back`"
+    if mid in self.intercepted: raise ValueError(f"request {mid}'s reply is intercepted already")
+    caller = self.pending.get(mid)
+    mine = self.expect(mid)
+    self.intercepted[mid] = caller, mine
+    return mine
+
+@patch
+def give_back(self:Router, mid:str, stopped:bool=False) -> dict|None:
+    "End the interception of `mid`: hand on its reply if it came (cancel the caller if `stopped`), else let the caller wait again; return the reply"
+    if (entry := self.intercepted.pop(mid, None)) is None: return None # the table failed meanwhile, and the caller with it
+    caller, mine = entry
+    if not mine.done():
+        if self.pending.get(mid) is mine: del self.pending[mid]
+        if not stopped:
+            if caller is not None and not caller.done(): self.pending[mid] = caller
+            return None
+    reply = mine.result() if mine.done() and not mine.cancelled() and mine.exception() is None else None
+    if caller is None:
+        if mid in self.abandoned: del self.abandoned[mid] # its caller gave up on it: the reply is dropped
+        elif reply is not None: self.inbox.put(reply) # sent with no future: the reply goes where it would have gone
+    elif not caller.done():
+        if stopped: caller.cancel()
+        elif reply is not None: caller.set_result(reply)
+    return reply

@@ -45,7 +45,7 @@ async def test_soak_random_cancels(kernels, kernel):
     async def canceller():
         for _ in range(20):
             await asyncio.sleep(rng.uniform(0, 0.1)) # a random moment, not a synchronisation
-            running = kc.shell_channel.sealed.get(None) # half the time the request running now, else any not done
+            running = kc.shell_channel.alone.get(None) # half the time the request running now, else any not done
             left = [r.msg_id for r in runs if not r.done() and index[r.msg_id] not in outcomes]
             if not left: return
             mid = running.mid if running is not None and rng.random() < 0.5 else rng.choice(left)
@@ -70,7 +70,7 @@ async def test_soak_random_cancels(kernels, kernel):
     kc.cancellable = False
     fut = ask(kc, '6*7')
     check(await fut, fut, 42)
-    assert (kc.shell_channel.holds, kc.shell_channel.sealed, kc.in_flight, kc._stopping) == ({}, {}, 0, set())
+    assert (kc.shell_channel.cancellables, kc.shell_channel.alone, kc.in_flight, kc._stopping) == ({}, {}, 0, set())
 
 
 async def test_client_without_manager(kernels):

@@ -8,7 +8,8 @@ import pytest
 import zmq, zmq.asyncio
 from jupyter_client.session import Session
 
-from conkernelclient import ConKernelClient, RoutedChannel
+from conkernelclient import ConKernelClient
+from conkernelclient.channel import ZMQChannel
 from conkernelclient.routing import is_idle
 from kit import Gate, ask, check, collect
 
@@ -124,7 +125,7 @@ async def assert_each_answered(kc:ConKernelClient, futs:list):
     "Each of `futs` got the genuine reply to its own request; nothing left in flight or unclaimed; readers still run"
     for fut, code in zip(futs, 'abc'): check(await fut, fut, code)
     assert kc.in_flight == 0 and len(kc.shell_channel.inbox) == 0
-    assert all(ch.watched is not None for ch in kc.routed)
+    assert all(ch.fd is not None for ch in kc.routed)
     assert kc.channels_running
 
 
@@ -286,7 +287,7 @@ async def test_flood_from_a_fake_kernel(fake, fake_client, caplog):
     # one warning per inbox, at its first drop, which says how to keep more
     drops = [r.getMessage() for r in caplog.records if 'inbox of unclaimed messages is full' in r.getMessage()]
     assert len(drops) == 2 and all('iopub_inbox_limit' in m for m in drops)
-    assert all(ch.watched is not None for ch in kc.routed) and kc.in_flight == 0
+    assert all(ch.fd is not None for ch in kc.routed) and kc.in_flight == 0
 
 
 # ---- readers take turns
@@ -304,7 +305,7 @@ async def test_readers_take_turns():
             for s in (peer, sock): s.sndhwm = s.rcvhwm = 0
             peer.bind(f'inproc://{name}')
             sock.connect(f'inproc://{name}')
-            chans[name] = (peer, RoutedChannel(sock, session))
+            chans[name] = (peer, ZMQChannel(sock, session))
         (pub, iopub), (kernel, shell) = chans['iopub'], chans['shell']
         for i in range(5000):
             session.send(pub, 'stream', {'name': 'stdout', 'text': f'{i}\n'}, parent={'msg_id': 'flood'})
@@ -312,7 +313,7 @@ async def test_readers_take_turns():
         _, flooded = collect(iopub, 'flood', lambda msg: msg['content']['text'] == '4999\n')
         session.send(kernel, 'execute_reply', {'status': 'ok'}, parent={'msg_id': 'req'})
         for name, (_, ch) in chans.items():
-            ch._route = lambda parts, name=name, route=ch._route: (order.append(name), route(parts))
+            ch.received = lambda frames, name=name, route=ch.received: (order.append(name), route(frames))
         iopub.start()
         shell.start()
         assert (await fut)['parent_header']['msg_id'] == 'req'

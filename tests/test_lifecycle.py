@@ -21,11 +21,11 @@ def test_stop_channels_from_sync_code():
         async def send(): return kc.execute('import time; time.sleep(0.5)', reply=True)
         fut = loop.run_until_complete(send())
         tasks = kc._tasks
-        assert len(tasks) == 1 and all(ch.watched is not None for ch in kc.routed) # the liveness check; readers are no tasks
+        assert len(tasks) == 1 and all(ch.fd is not None for ch in kc.routed) # the liveness check; readers are no tasks
         with pytest.raises(WrongLoopError, match="the client's event loop is not running"): kc.execute('1')
         kc.stop_channels()
         assert not kc.channels_running
-        assert all(ch.socket is None and ch.watched is None for ch in kc.routed)
+        assert all(ch.socket is None and ch.fd is None for ch in kc.routed)
         assert isinstance(fut.exception(), ChannelsClosedError)
         # the loop is idle, so stop_channels let the client's cancelled tasks end on it: none is left pending
         assert all(t.done() for t in tasks)

@@ -5,12 +5,12 @@ import asyncio, logging, random, time
 
 import pytest
 
-from conkernelclient.channel import RoutedChannel
+from conkernelclient.channel import ZMQChannel
 from conkernelclient.session import ConSession
 from kit import ask, assert_clean, check
 
 
-class JitterChannel(RoutedChannel):
+class JitterChannel(ZMQChannel):
     "A routed channel that blocks the loop 0-2 ms before each send, so replies land mid-send; records what it sent"
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

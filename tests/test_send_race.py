@@ -61,7 +61,7 @@ def test_plain_session_send_strands_the_reader():
 
 @pytest.mark.timeout(60)
 def test_the_channels_send_wakes_the_reader():
-    "The client's own send (through `kc.execute`, the channel's `_transmit`) wakes the reader"
+    "The client's own send (through `kc.execute`, the channel's `transmit`) wakes the reader"
     assert asyncio.run(reader_wakes(lambda kc: kc.execute('b = 2')))
 
 
