@@ -360,8 +360,8 @@ async def test_output_flood_and_a_subshell(connect, tmp_path, caplog):
     kc = await connect()
     inbox = kc.iopub_channel.inbox
     inbox.maxlen, most, overflowed = 1000, [0], asyncio.Event()
-    def put_frames(mid, frames, put_frames=inbox.put_frames):
-        put_frames(mid, frames)
+    def put_frames(mid, frames, checked, put_frames=inbox.put_frames):
+        put_frames(mid, frames, checked)
         most[0] = max(most[0], len(inbox))
         if inbox.dropped: overflowed.set()
     inbox.put_frames = put_frames
