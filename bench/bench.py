@@ -78,7 +78,7 @@ from jupyter_server.gateway.gateway_client import GatewayClient
 from jupyter_server.gateway.managers import GatewayKernelManager
 from traitlets import default
 
-import conkernelclient.requests # adds `request`, `create_subshell` and `delete_subshell` to ConKernelClient
+import conkernelclient.runs # adds `request`, `create_subshell` and `delete_subshell` to ConKernelClient
 from conkernelclient.channel import unbounded_context
 from conkernelclient.core import ConKernelClient, ConKernelManager
 from conkernelclient.routing import is_idle

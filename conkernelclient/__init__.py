@@ -4,4 +4,4 @@ from .session import *
 from .routing import *
 from .channel import *
 from .core import *
-from .requests import *
+from .runs import *

@@ -84,11 +84,11 @@ def _decode(self:RoutedChannel, frames:list[bytes], checked:bool) -> dict:
 def received(self:RoutedChannel, frames:list[bytes]):
     "Frames in: check one message (its frames after the delimiter) and deliver it; keep what nobody wants; log and skip what cannot be read"
     try:
-        parent, mid = _parent_of(frames, self.session.hot.unpack)
+        parent, mid = _parent_of(frames, self.session.per_message.unpack)
         if self.check_late and mid is not None and not self._wanted(mid):
             return self.inbox.put_frames(mid, frames, checked=False)
         self.session.check(frames)
-        if parent is None: parent = self.session.hot.unpack(frames[2]) or {} # xeus sends a null parent for none
+        if parent is None: parent = self.session.per_message.unpack(frames[2]) or {} # xeus sends a null parent for none
         mid = parent.get('msg_id')
         if not (mid is None or isinstance(mid, str)): raise TypeError(f"parent msg_id is a {type(mid).__name__}")
         if mid is None and self.session.unpack(frames[1]).get('msg_type') == 'iopub_welcome': return

@@ -17,7 +17,7 @@ from jupyter_client.kernelspec import NoSuchKernel
 from conkernelclient.errors import ConKernelError, KernelDiedError, SubshellsUnsupportedError
 from conkernelclient.core import ConKernelClient, ConKernelManager
 from conkernelclient.remote import RemoteKernelManager
-import conkernelclient.requests # adds `kc.run` and the subshell methods to `ConKernelClient`
+import conkernelclient.runs # adds `kc.run` and the subshell methods to `ConKernelClient`
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def read_connection_file(fname:str|Path) -> dict:
 
 # %% ../nbs/10_cli.ipynb #16b0b8c7
 @asynccontextmanager
-async def _ready(kc:ConKernelClient, what:str) -> AsyncIterator[ConKernelClient]:
+async def _answering(kc:ConKernelClient, what:str) -> AsyncIterator[ConKernelClient]:
     "Start `kc`'s channels and stop them on exit; if the kernel never answers, raise `KernelUnavailableError` about `what`"
     try:
         try: await kc.start_channels()
@@ -126,7 +126,7 @@ async def launch(kernel:str='python3') -> AsyncIterator[ConKernelClient]:
             names = ', '.join(sorted(km.kernel_spec_manager.find_kernel_specs()))
             raise KernelUnavailableError(f"no kernel spec named {kernel!r} (available: {names})") from None
         except Exception as e: raise KernelUnavailableError(f"kernel {kernel!r} did not start: {e!r}") from e
-        async with _ready(km.client(), f"kernel {kernel!r} did not start") as kc: yield kc
+        async with _answering(km.client(), f"kernel {kernel!r} did not start") as kc: yield kc
     finally:
         if km.has_kernel: await km.shutdown_kernel(now=True)
 
@@ -139,7 +139,7 @@ async def remote(server:str, kernel_id:str|None=None, kernel:str='python3', toke
     km = RemoteKernelManager(server, token, kernel_name=kernel, kernel_id=kernel_id, **options)
     try:
         await km.start_kernel(env=env, cwd=cwd)
-        async with _ready(km.client(), f"the kernel {km.kernel_id} on {km.server.url} did not answer") as kc: yield kc
+        async with _answering(km.client(), f"the kernel {km.kernel_id} on {km.server.url} did not answer") as kc: yield kc
     finally:
         if kernel_id is None and km.has_kernel: await km.shutdown_kernel()
 
@@ -149,7 +149,7 @@ async def attach(existing:str|Path) -> AsyncIterator[ConKernelClient]:
     "A ready client of the running kernel whose connection file is `existing`; the kernel is left running on exit"
     kc = ConKernelClient()
     kc.load_connection_info(read_connection_file(existing))
-    async with _ready(kc, f"no kernel answers at {existing}") as kc: yield kc
+    async with _answering(kc, f"no kernel answers at {existing}") as kc: yield kc
 
 # %% ../nbs/10_cli.ipynb #d0008667
 def _shown(msg:dict) -> tuple[str,str]|None:

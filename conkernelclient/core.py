@@ -38,6 +38,20 @@ def _cancel(task:asyncio.Task|None):
     except RuntimeError: me = None
     if task is not None and task is not me: task.cancel()
 
+class _Tasks(set):
+    "Tasks that their owner (a client, a run) must not outlive: each leaves the set when done; `cancel` ends those left"
+    def start(self, aw:Awaitable) -> asyncio.Task:
+        "Run `aw` as a task of the set"
+        task = asyncio.ensure_future(aw)
+        self.add(task)
+        task.add_done_callback(self.discard)
+        return task
+
+    def cancel(self):
+        "Cancel every task of the set (but the caller's own)"
+        for task in list(self): _cancel(task)
+
+
 # %% ../nbs/05_core.ipynb #45ed4626
 def _owned(name:str) -> property:
     "The client's `<name>_channel` property: made by the client's `_new_channel` at first use, and the client's own"
@@ -79,7 +93,7 @@ class ConKernelClient(AsyncKernelClient):
         self.stdin_turns:deque = deque()
         self._starting:asyncio.Task|None = None
         self._liveness:asyncio.Task|None = None
-        self._stopping:set[asyncio.Task] = set() # `cancel`s started by a timeout (on_timeout='interrupt')
+        self._stopping = _Tasks() # `cancel`s started by a timeout (on_timeout='interrupt')
 
     def _context_default(self) -> zmq.asyncio.Context:
         self._created_context = True
@@ -148,11 +162,16 @@ def client(self:ConKernelManager, **kwargs) -> ConKernelClient:
 
 # %% ../nbs/05_core.ipynb #142f2f4a
 @patch
+def _turn_readers(self:ConKernelClient):
+    "Give every channel's reader a turn: a look at a socket that nothing can hook may have taken its signal (*Nobody strands the reader*)"
+    for ch in self.routed: ch._soon()
+
+@patch
 async def _check_liveness(self:ConKernelClient):
     "Each `liveness_interval`: give every reader a turn, fail the requests of a kernel that died, revive with one that came back"
     while (closed := self.shell_channel.router.closed) is None or closed is self.dead: # not closed for good
         await asyncio.sleep(self.liveness_interval)
-        for ch in self.routed: ch._soon() # *Nobody strands the reader*
+        self._turn_readers()
         if self.restarting or await self.is_alive() == (self.dead is None): continue
         if self.dead is not None: await self._revive()
         elif getattr(self.parent, '_restarter', None) is None: self._kernel_died(KernelDiedError("the kernel died"))
@@ -214,9 +233,9 @@ async def astop_channels(self:ConKernelClient):
 class _Starting:
     "The start-up handshake, running in the background: awaiting it waits until the kernel answers and returns the client"
     def __init__(self, kc:ConKernelClient, handshake:asyncio.Task): self.kc,self.handshake = kc,handshake
-    def __await__(self): return self._ready().__await__()
+    def __await__(self): return self._result().__await__()
 
-    async def _ready(self) -> ConKernelClient:
+    async def _result(self) -> ConKernelClient:
         try: await self.handshake
         except asyncio.CancelledError:
             closed = self.kc.shell_channel.router.closed
@@ -456,14 +475,11 @@ class _Alone:
 def _stop_on_timeout(self:ConKernelClient, fut:asyncio.Future):
     "Done-callback of a request sent with on_timeout='interrupt': once it timed out, cancel it in the kernel too"
     if fut.cancelled() or not isinstance(fut.exception(), TimeoutError): return
-    task = asyncio.ensure_future(self.cancel(fut.msg_id))
-    self._stopping.add(task)
-    task.add_done_callback(partial(self._stopped_on_timeout, fut.msg_id))
+    self._stopping.start(self.cancel(fut.msg_id)).add_done_callback(partial(self._stopped_on_timeout, fut.msg_id))
 
 @patch
 def _stopped_on_timeout(self:ConKernelClient, mid:str, task:asyncio.Task):
     "Log how a timeout's `cancel` of request `mid` ended"
-    self._stopping.discard(task)
     if task.cancelled(): return
     if (e := task.exception()) is None: log.debug("request %s timed out: %s", mid, task.result())
     elif isinstance(e, ConKernelError): log.warning("request %s timed out and could not be stopped: %s", mid, e)

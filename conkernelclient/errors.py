@@ -10,7 +10,7 @@ from queue import Empty
 
 # %% auto #0
 __all__ = ['ConKernelError', 'KernelDiedError', 'ChannelsClosedError', 'KernelRestartedError', 'SubshellsUnsupportedError',
-           'WrongLoopError', 'KeyMismatchError', 'CancelError', 'NotCancellableError', 'InterruptScopeError',
+           'WrongLoopError', 'KeyMismatchError', 'CannotCancelError', 'NotCancellableError', 'InterruptScopeError',
            'InterruptUnsupportedError', 'SignatureError']
 
 # %% ../nbs/01_errors.ipynb #b5e7e8a1
@@ -42,16 +42,16 @@ class KeyMismatchError(ConKernelError):
     "The kernel signs its messages with another key (or signature scheme), so it ignores every request of this client"
 
 # %% ../nbs/01_errors.ipynb #8a1ea27c
-class CancelError(ConKernelError):
+class CannotCancelError(ConKernelError):
     "A request could not be cancelled; it goes on as if `cancel` had not been called"
 
-class NotCancellableError(CancelError):
+class NotCancellableError(CannotCancelError):
     "The request was sent without `cancellable=True`, so it may be queued in the kernel behind others: nothing can stop it alone"
 
-class InterruptScopeError(CancelError):
+class InterruptScopeError(CannotCancelError):
     "The kernel's interrupt would miss the request (ipykernel's subshells) or also stop other requests of the client"
 
-class InterruptUnsupportedError(CancelError):
+class InterruptUnsupportedError(CannotCancelError):
     "There is no way to interrupt the kernel: it has no manager here and does not answer `interrupt_request`"
 
 # %% ../nbs/01_errors.ipynb #15cf9621

@@ -25,7 +25,7 @@ from conkernelclient.errors import ChannelsClosedError, ConKernelError, KernelDi
 from conkernelclient.session import ConSession
 from conkernelclient.routing import is_idle
 from conkernelclient.channel import RoutedChannel
-from conkernelclient.core import ConKernelClient, ConKernelManager, restart_clients
+from conkernelclient.core import ConKernelClient, ConKernelManager, _Tasks, restart_clients
 from conkernelclient.server import (KernelNotFoundError, NoAPIError, Server, ServerAuthError, ServerError,
                                     ServerNotRunningError, ServerRefusedError, ServerTimeoutError, ServerTLSError,
                                     ServerUnreachableError, _refused, _unreachable, call)
@@ -309,7 +309,7 @@ class RemoteKernelClient(ConKernelClient):
                                   on_reconnect=self._reconnected, on_refused=self._server_gone)
         self._hb = _NoHeartbeat()
         self._restarted:asyncio.Task|None = None # the handshake with a kernel the server restarted
-        self._asides:set[asyncio.Task] = set() # requests of the client's own: probes after a reconnection, pokes
+        self._asides = _Tasks() # requests of the client's own: probes after a reconnection, pokes
 
     def __repr__(self): return f"<RemoteKernelClient of kernel {self.kernel_id} on {self.server.url}>"
 
@@ -319,6 +319,8 @@ class RemoteKernelClient(ConKernelClient):
     def hb_channel(self) -> _NoHeartbeat: return self._hb
 
     def _renew_transport(self): "The websocket stays: the server connects it to the new kernel"
+
+    def _turn_readers(self): "The websocket hands over each message as it comes: no reader waits on a signal anyone could take"
 
 # %% ../nbs/08_remote.ipynb #e4642933
 async def _alive(server:Server, kernel_id:str) -> bool:
@@ -358,10 +360,7 @@ def _aside(self:RemoteKernelClient, ch:WebsocketChannel, msg:dict, then:Callable
         try: await reply
         except ConKernelError: return quiet.cancel()
         if then is not None: then()
-    task = asyncio.ensure_future(answered())
-    self._asides.add(task)
-    task.add_done_callback(self._asides.discard)
-    return task
+    return self._asides.start(answered())
 
 # %% ../nbs/08_remote.ipynb #314d5872
 @patch
@@ -411,7 +410,7 @@ def _close(self:RemoteKernelClient, exc:ConKernelError):
     "`ConKernelClient._close`, then close the websocket"
     ConKernelClient._close(self, exc)
     self.ws.close()
-    for task in list(self._asides): task.cancel()
+    self._asides.cancel()
     if self._restarted is not None and self._restarted is not asyncio.current_task(): self._restarted.cancel()
 
 @patch(as_prop=True)
@@ -531,7 +530,7 @@ async def cleanup_resources(self:RemoteKernelManager, restart:bool=False):
 @patch
 def client(self:RemoteKernelManager, **kwargs) -> RemoteKernelClient:
     "A new `RemoteKernelClient` of the kernel, with a websocket of its own"
-    if self.kernel_id is None: raise KernelNotFoundError("no kernel yet: await start_kernel() first")
+    if self.kernel_id is None: raise ValueError("this manager has no kernel yet: await km.start_kernel() first, or pass kernel_id=")
     kc = RemoteKernelClient(self.server, self.kernel_id, parent=self, **kwargs)
     self.clients.add(kc)
     return kc
@@ -578,14 +577,14 @@ async def __aenter__(self:LocalServer) -> LocalServer:
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=self.dir.name, JUPYTER_DATA_DIR=self.dir.name, JUPYTER_CONFIG_DIR=self.dir.name)
     self.proc = subprocess.Popen(self.command(self.dir.name), stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                  cwd=self.dir.name, start_new_session=True)
-    try: await self._ready()
+    try: await self._until_up()
     except BaseException:
         await self.__aexit__()
         raise
     return self
 
 @patch
-async def _ready(self:LocalServer, timeout:float=60):
+async def _until_up(self:LocalServer, timeout:float=60):
     "Wait until the server answers `/api`"
     server, deadline = Server(self.url, self.token, **self.options), time.monotonic() + timeout
     while True:

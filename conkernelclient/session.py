@@ -26,22 +26,22 @@ from conkernelclient.errors import SignatureError
 __all__ = ['ConSession']
 
 # %% ../nbs/02_session.ipynb #8d871267
-_HOT = ('auth', 'pack', 'unpack', 'adapt_version', 'check_pid', 'pid', 'debug', 'copy_threshold') # the traits `ConSession.hot` keeps
+_PER_MESSAGE = ('auth', 'pack', 'unpack', 'adapt_version', 'check_pid', 'pid', 'debug', 'copy_threshold') # the traits `ConSession.per_message` keeps
 
 class ConSession(Session):
     "A `Session` whose sends are lean and whose `deserialize` is fast"
     def __init__(self, **kwargs):
-        self.hot = SimpleNamespace() # the traits read for every message, as plain attributes (`_hot_changed`)
+        self.per_message = SimpleNamespace() # the traits read for every message, as plain attributes (`_mirror_changed`)
         super().__init__(**kwargs)
-        for name in _HOT: self._keep(name, getattr(self, name))
+        for name in _PER_MESSAGE: self._mirror(name, getattr(self, name))
 
-    @observe(*_HOT)
-    def _hot_changed(self, change): self._keep(change['name'], change['new'])
+    @observe(*_PER_MESSAGE)
+    def _mirror_changed(self, change): self._mirror(change['name'], change['new'])
 
-    def _keep(self, name:str, value):
-        "Keep trait `name`'s `value` in `hot`; of the key's HMAC, OpenSSL's own object inside it if there is one: it copies faster"
+    def _mirror(self, name:str, value):
+        "Keep trait `name`'s `value` in `per_message`; of the key's HMAC, OpenSSL's own object inside it if there is one: it copies faster"
         if name == 'auth' and value is not None: value = openssl_hmac(value)
-        setattr(self.hot, name, value)
+        setattr(self.per_message, name, value)
 
     @classmethod
     def of(cls, session:Session) -> ConSession:
@@ -64,15 +64,15 @@ def send(self:ConSession, stream, msg_or_type, *args, **kwargs):
 def _plain(self:ConSession, msg) -> bool:
     "Is `msg` a message `_send_plain` sends exactly as `Session.send` would?"
     return (type(msg) is dict and not msg.get('buffers') and isinstance(msg.get('content'), (dict, bytes))
-            and not self.hot.adapt_version and not self.hot.debug and not (self.hot.check_pid and os.getpid() != self.hot.pid))
+            and not self.per_message.adapt_version and not self.per_message.debug and not (self.per_message.check_pid and os.getpid() != self.per_message.pid))
 
 @patch
 def _send_plain(self:ConSession, sock:zmq.Socket, msg:dict) -> dict:
     "Send plain message `msg` on `sock`: the frames `serialize` makes, each through the socket's own `send`"
-    pack, content = self.hot.pack, msg['content']
+    pack, content = self.per_message.pack, msg['content']
     parts = [pack(msg['header']), pack(msg['parent_header']), pack(msg['metadata']),
              content if isinstance(content, bytes) else pack(content)]
-    send, big = send_frame, self.hot.copy_threshold # a frame this long goes without a copy, as `Session.send` sends it
+    send, big = send_frame, self.per_message.copy_threshold # a frame this long goes without a copy, as `Session.send` sends it
     for frame in (DELIM, self.sign(parts), *parts[:3]): send(sock, frame, _SNDMORE, len(frame) < big)
     send(sock, parts[3], 0, len(parts[3]) < big)
     msg['tracker'] = DONE
@@ -81,7 +81,7 @@ def _send_plain(self:ConSession, sock:zmq.Socket, msg:dict) -> dict:
 @patch
 def sign(self:ConSession, msg_list:list[bytes]) -> bytes:
     "`Session.sign` in one pass: the HMAC of the parts joined, which is the HMAC of the parts fed one by one"
-    auth = self.hot.auth
+    auth = self.per_message.auth
     if auth is None: return b''
     h = auth.copy()
     h.update(b''.join(msg_list))
@@ -112,8 +112,8 @@ def _adapt(msg:dict) -> dict:
 @patch
 def check(self:ConSession, frames:list[bytes]) -> list[bytes]:
     "`frames` (a message after its delimiter), checked as `Session.deserialize` checks them: signed, new, valid, whole"
-    hot = self.hot
-    if hot.auth is not None:
+    per = self.per_message
+    if per.auth is not None:
         sig = frames[0]
         if not sig: raise ValueError("Unsigned Message")
         if sig in self.digest_history: raise ValueError(f"Duplicate Signature: {sig!r}")
@@ -125,7 +125,7 @@ def check(self:ConSession, frames:list[bytes]) -> list[bytes]:
 @patch
 def unpack_frames(self:ConSession, frames:list[bytes], parent:dict|None=None) -> dict:
     "The message dict of `check`ed frames, as `deserialize` makes it; `parent`: the parent header, if already unpacked"
-    unpack = self.hot.unpack
+    unpack = self.per_message.unpack
     header = _dates(unpack(frames[1]))
     return _adapt(dict(header=header, msg_id=header['msg_id'], msg_type=header['msg_type'],
                        parent_header=_dates((unpack(frames[2]) or {}) if parent is None else parent),

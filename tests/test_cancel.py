@@ -1,14 +1,14 @@
 """Cancelling one request on real kernels: a soak of 200 cancellable requests on ipykernel and on async-kernel, in
 which random requests are cancelled at random moments (every request not cancelled gets its own value; every
 cancelled one either never ran or was interrupted), and a client with no manager, which interrupts ipykernel
-with an `interrupt_request`. The state-by-state cases are in nbs/06_requests.ipynb; remote kernels in
+with an `interrupt_request`. The state-by-state cases are in nbs/06_runs.ipynb; remote kernels in
 test_remote.py."""
 from __future__ import annotations
 import asyncio, random
 
 import pytest
 
-import conkernelclient.requests # noqa: F401 (kc.run)
+import conkernelclient.runs # noqa: F401 (kc.run)
 from conkernelclient.errors import InterruptUnsupportedError
 from conkernelclient.stubkernel import stub_spec
 from kit import ask, check, started

@@ -5,7 +5,7 @@ import pytest
 import zmq
 from jupyter_client.session import Session
 
-import conkernelclient.requests # noqa: F401 (kc.run)
+import conkernelclient.runs # noqa: F401 (kc.run)
 from conkernelclient import ChannelsClosedError, ConKernelManager, WrongLoopError
 
 

@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-import conkernelclient.requests # noqa: F401 (kc.run, kc.subshell)
+import conkernelclient.runs # noqa: F401 (kc.run, kc.subshell)
 from conkernelclient import KernelDiedError, KernelRestartedError
 from conkernelclient.cli import command
 from conkernelclient.stubkernel import stub_spec

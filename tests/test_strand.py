@@ -10,7 +10,7 @@ import pytest
 import zmq, zmq.asyncio
 from jupyter_client.session import Session
 
-import conkernelclient.requests # noqa: F401 (kc.run)
+import conkernelclient.runs # noqa: F401 (kc.run)
 from conkernelclient import ConKernelManager
 from kit import ask, check
 
