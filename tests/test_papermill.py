@@ -349,10 +349,10 @@ def test_every_other_option(where, clean, tmp_path):
                                    '--request-save-on-cell-execute', '--no-log-output', cwd=tmp_path))
     assert code == 0, out
     assert code_cells(tmp_path/'out.ipynb')[0].outputs[0].text == "0.6 '0.7' 2 3 4 in.ipynb out.ipynb\n"
-    assert 'msg_type: execute_reply' in out # --log-level DEBUG: nbclient's log of each message
+    assert 'msg_type: status' in out # --log-level DEBUG: nbclient's log of each iopub message
     code, out = finished(papermill(where, 'in.ipynb', 'prepared.ipynb', '-p', 'alpha', '0.6', '--prepare-only', cwd=tmp_path))
     assert code == 0, out
     nb = nbformat.read(tmp_path/'prepared.ipynb', 4)
     assert nb.cells[1].source.strip() == '# Parameters\nalpha = 0.6' and code_cells(tmp_path/'prepared.ipynb')[0].outputs == []
     code, out = finished(papermill(where, 'in.ipynb', '--help-notebook', cwd=tmp_path))
-    assert code == 0 and 'alpha: float (default 0.1)' in out, out
+    assert code == 0 and 'alpha: Unknown type (default 0.1)' in out, out
