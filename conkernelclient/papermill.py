@@ -6,51 +6,128 @@ Docs: https://conkernelclient.github.io/conkernelclient/papermill.html.md"""
 
 # %% ../nbs/13_papermill.ipynb #c99e3276
 from __future__ import annotations
-import asyncio, logging, os, signal, threading
+import asyncio, logging, os, signal, threading, warnings
 from contextlib import contextmanager
+from urllib.parse import quote
 
 import nbformat
 from fastcore.basics import patch
 from jupyter_core.utils import run_sync
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
+from nbclient.util import run_hook
 from papermill.clientwrap import PapermillNotebookClient
 from papermill.log import logger
-from traitlets import default
+from traitlets import Unicode, default
 
 from conkernelclient.errors import ConKernelError, KernelDiedError
 from conkernelclient.channel import _retrieved
 from conkernelclient.core import _INTERRUPTED, ConKernelClient, ConKernelManager
+from conkernelclient.server import KernelNotFoundError, Server, call
 from conkernelclient.remote import RemoteKernelManager
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['ConNotebookClient', 'RunTerminated', 'execute_managed']
+__all__ = ['ConNotebookClient', 'RemoteCwdWarning', 'RemoteCwdError', 'RunTerminated', 'execute_managed']
 
 # %% ../nbs/13_papermill.ipynb #a376f38f
 class ConNotebookClient(PapermillNotebookClient):
     "Papermill's notebook client on a kernel of this library: local, or on the server at `$JUPYTER_GATEWAY_URL`"
+    server_root_dir = Unicode(None, allow_none=True, help="The local directory holding the remote server's root_dir "
+                              "(the same files): a remote kernel runs in the working directory's place under it").tag(config=True)
+
     @default('kernel_manager_class')
     def _kernel_manager_class_default(self) -> type:
         return RemoteKernelManager if os.environ.get('JUPYTER_GATEWAY_URL') else ConKernelManager
+
+    @default('server_root_dir')
+    def _server_root_dir_default(self) -> str|None: return os.environ.get('CONKERNELCLIENT_SERVER_ROOT_DIR') or None
 
     def __init__(self, nb_man, **kwargs):
         super().__init__(nb_man, **kwargs)
         self.cell:nbformat.NotebookNode|None = None # the cell run last, or running
         self.cell_task:asyncio.Task|None = None # the task that runs it
 
+# %% ../nbs/13_papermill.ipynb #3e230033
+async def _start(kc:ConKernelClient, timeout:float):
+    "Start `kc`'s channels and wait for the kernel's answer: `TimeoutError` after `timeout` s, the connection's wait included"
+    try: await asyncio.wait_for(kc.start_channels(), timeout)
+    except TimeoutError as e: raise TimeoutError(str(e) or f"the kernel did not answer within {timeout} s") from None
+
 # %% ../nbs/13_papermill.ipynb #b8e2636c
 @patch
 async def async_start_new_kernel_client(self:ConNotebookClient) -> ConKernelClient:
-    "nbclient's started client of the kernel, which must be a `ConKernelClient`, sending every cell cancellable"
-    kc = await PapermillNotebookClient.async_start_new_kernel_client(self)
+    "nbclient's started client of the kernel, which must be a `ConKernelClient`: it waits `startup_timeout` s, and sends every cell cancellable"
+    kc = self.km.client()
     if not isinstance(kc, ConKernelClient):
         raise TypeError(f"the kernel manager's client is a {type(kc).__name__}, not a ConKernelClient: pass km= a "
                         "ConKernelManager or a RemoteKernelManager, or leave km out")
-    kc.cancellable = True
+    self.kc, kc.startup_timeout, kc.cancellable, kc.allow_stdin = kc, self.startup_timeout, True, False
+    try: await _start(kc, self.startup_timeout)
+    except Exception as e:
+        self.log.error("the kernel %s did not start: %s", getattr(self.km, 'kernel_id', None), e)
+        await self._async_cleanup_kernel()
+        raise
+    await run_hook(self.on_notebook_start, notebook=self.nb)
     return kc
 
 ConNotebookClient.start_new_kernel_client = run_sync(ConNotebookClient.async_start_new_kernel_client)
+
+# %% ../nbs/13_papermill.ipynb #3aaa8d66
+class RemoteCwdWarning(UserWarning):
+    "A remote kernel runs in its server's root directory: nothing says where papermill's working directory is on the server"
+
+# %% ../nbs/13_papermill.ipynb #4f1219fa
+class RemoteCwdError(ConKernelError, ValueError):
+    "Papermill's working directory cannot be the remote kernel's: it is outside `server_root_dir`, or not on the server"
+
+# %% ../nbs/13_papermill.ipynb #332d8b63
+def _api_path(cwd:str, root:str) -> str:
+    "The server's API path of local directory `cwd`, the server's `root_dir` being local directory `root`"
+    rel = os.path.relpath(os.path.realpath(cwd), os.path.realpath(root))
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        raise RemoteCwdError(f"the working directory {cwd} is not under {root}, the server's root directory "
+                             "(CONKERNELCLIENT_SERVER_ROOT_DIR): give papermill a --cwd under it, or unset it to run in the server's root")
+    return '' if rel == os.curdir else rel.replace(os.sep, '/')
+
+# %% ../nbs/13_papermill.ipynb #dbacb31f
+async def _check_dir(server:Server, path:str):
+    "`RemoteCwdError` unless `server` has directory `path` under its root, or serves no files to ask (a gateway)"
+    if not path: return
+    try: model = await call(server, f'/api/contents/{quote(path)}?content=0', what=f"directory {path!r}")
+    except KernelNotFoundError:
+        try: await call(server, '/api/contents?content=0', what="its contents")
+        except KernelNotFoundError: return # no contents API: a gateway resolves `path` itself
+        model = None
+    if model is None or model['type'] != 'directory':
+        raise RemoteCwdError(f"{server.url} has no directory {path!r} under its root: is CONKERNELCLIENT_SERVER_ROOT_DIR "
+                             "the local directory of the server's root_dir?")
+
+# %% ../nbs/13_papermill.ipynb #fbb228d9
+@patch
+async def _remote_start(self:ConNotebookClient, cwd:str) -> dict:
+    "`start_kernel`'s `cwd` and `env` for a remote kernel to run in local directory `cwd`, as the section above says"
+    named = 'KERNEL_WORKING_DIR' in os.environ
+    env = {} if named else {'KERNEL_WORKING_DIR': cwd}
+    if self.server_root_dir is None:
+        if not named:
+            warnings.warn(f"the remote kernel runs in its server's root directory, not in the working directory {cwd}: set "
+                          "CONKERNELCLIENT_SERVER_ROOT_DIR to the local directory of the server's root_dir to run it there",
+                          RemoteCwdWarning, stacklevel=2)
+        return {'cwd': None, 'env': env}
+    path = _api_path(cwd, self.server_root_dir)
+    await _check_dir(self.km.server, path)
+    return {'cwd': path, 'env': env}
+
+# %% ../nbs/13_papermill.ipynb #311140a0
+@patch
+async def async_start_new_kernel(self:ConNotebookClient, **kwargs):
+    "nbclient's start of the kernel, in the working directory; a remote kernel's directory is `_remote_start`'s"
+    if isinstance(self.km, RemoteKernelManager):
+        kwargs |= await self._remote_start(self.resources.get('metadata', {}).get('path') or os.getcwd())
+    await PapermillNotebookClient.async_start_new_kernel(self, **kwargs)
+
+ConNotebookClient.start_new_kernel = run_sync(ConNotebookClient.async_start_new_kernel)
 
 # %% ../nbs/13_papermill.ipynb #e4359fe4
 @patch

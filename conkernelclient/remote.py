@@ -239,9 +239,13 @@ def _write(self:KernelWebsocket, channel:str, msg:dict):
 
 @patch
 def close(self:KernelWebsocket):
-    "Stop reconnecting and close the connection"
-    if self.task is not None and self.task is not asyncio.current_task(): self.task.cancel()
-    if self.conn is not None: self.conn.close()
+    "Stop reconnecting and close the connection; from synchronous code, on the loop's next run (`stop_channels` runs it)"
+    try: loop = asyncio.get_running_loop()
+    except RuntimeError: loop = None
+    if self.task is not None and (loop is None or self.task is not asyncio.current_task()): self.task.cancel()
+    if self.conn is not None:
+        if loop is None: self.task.get_loop().call_soon(self.conn.close) # tornado's close makes futures: on its loop
+        else: self.conn.close()
     self.conn = None
 
 # %% ../nbs/08_remote.ipynb #b3b379aa

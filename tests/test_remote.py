@@ -15,8 +15,8 @@ from conkernelclient import KernelDiedError, KernelRestartedError
 from conkernelclient.cli import command
 from conkernelclient.stubkernel import stub_spec
 from conkernelclient.remote import (ConnectionLostError, KernelNotFoundError, LocalServer, RemoteKernelClient,
-                                    RemoteKernelManager, ReplyLostError, ServerAuthError, ServerGoneError,
-                                    ServerUnreachableError)
+                                    RemoteKernelManager, ReplyLostError, Server, ServerAuthError, ServerGoneError,
+                                    ServerUnreachableError, call)
 from kit import Gate, Relay, Remote, ask, check, collect, running, started
 
 pytestmark = pytest.mark.timeout(120)
@@ -328,3 +328,19 @@ async def test_the_command(remote, capsys):
     finally: del os.environ['JUPYTER_TOKEN']
     assert code == 0 and '42' in capsys.readouterr().out
     assert await km.is_alive() # an attached kernel is left running
+
+
+def test_stop_channels_from_synchronous_code(server, aio_loop):
+    """`kc.stop_channels()` from synchronous code, its loop idle (as nbclient's and papermill's clean-up call it): no
+    error, no task of the client left, and the server sees the websocket close"""
+    km = RemoteKernelManager(server.url, server.token)
+    aio_loop.run_until_complete(km.start_kernel())
+    async def connect(): return await km.client().start_channels()
+    async def connections(): return (await call(Server(server.url, server.token), f'/api/kernels/{km.kernel_id}'))['connections']
+    try:
+        kc = aio_loop.run_until_complete(connect())
+        assert aio_loop.run_until_complete(connections()) == 1
+        kc.stop_channels()
+        assert kc.ws.conn is None and kc.ws.task.done() and kc._tasks == []
+        while aio_loop.run_until_complete(connections()): aio_loop.run_until_complete(asyncio.sleep(0.05)) # until the server sees the close
+    finally: aio_loop.run_until_complete(km.shutdown_kernel())
