@@ -23,7 +23,7 @@ from conkernelclient.routing import Inbox, Router
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['RoutedChannel', 'ZMQChannel', 'RoutedSocket', 'unbounded_context']
+__all__ = ['RoutedChannel', 'ZMQChannel']
 
 # %% ../nbs/04_channel.ipynb #9696eb82
 class RoutedChannel:

@@ -22,8 +22,7 @@ import conkernelclient.runs # adds `kc.run` and the subshell methods to `ConKern
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['ConnectionFileError', 'KernelUnavailableError', 'read_connection_file', 'launch', 'remote', 'attach', 'Output',
-           'Outcome', 'run_snippet', 'events', 'command', 'main']
+__all__ = ['ConnectionFileError', 'KernelUnavailableError', 'main']
 
 # %% ../nbs/10_cli.ipynb #8e452da8
 class ConnectionFileError(ConKernelError):

@@ -18,7 +18,7 @@ from conkernelclient.errors import ConKernelError
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['Inbox', 'Router', 'ReplyFuture', 'Follower', 'is_idle']
+__all__ = ['Router', 'ReplyFuture', 'Follower', 'is_idle']
 
 # %% ../nbs/03_routing.ipynb #17897cb6
 class _Entry:

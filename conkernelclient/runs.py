@@ -18,7 +18,7 @@ from conkernelclient.core import ConKernelClient, _Alone, _Tasks
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['InputHandler', 'EOF', 'SubshellError', 'Outputs', 'Run', 'Interactive']
+__all__ = ['InputHandler', 'EOF', 'SubshellError', 'Outputs', 'Run']
 
 # %% ../nbs/06_runs.ipynb #9d09e7f7
 class SubshellError(ConKernelError):

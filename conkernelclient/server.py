@@ -22,8 +22,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['ServerError', 'ServerAuthError', 'KernelNotFoundError', 'NoAPIError', 'ServerNotRunningError',
-           'ServerUnreachableError', 'ServerRefusedError', 'ServerTLSError', 'ServerTimeoutError', 'split_url',
-           'Server', 'said', 'call']
+           'ServerUnreachableError', 'ServerRefusedError', 'ServerTLSError', 'ServerTimeoutError', 'Server']
 
 # %% ../nbs/07_server.ipynb #e9bd9834
 class ServerError(ConKernelError):

@@ -21,7 +21,7 @@ from conkernelclient import __version__
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['DELIM', 'KERNEL_INFO', 'frames', 'StubKernel', 'stub_outputs', 'main', 'stub_spec', 'StubKernelSpecManager']
+__all__ = ['StubKernel', 'main', 'stub_spec', 'StubKernelSpecManager']
 
 # %% ../nbs/12_stubkernel.ipynb #42488443
 DELIM = b'<IDS|MSG>'
