@@ -17,6 +17,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from .errors import ChannelsClosedError, WrongLoopError
 from .core import ConKernelClient, ConKernelManager
+from .requests import EOF
 from .remote import RemoteKernelManager
 
 # %% auto #0
@@ -186,7 +187,7 @@ def _prompt(self:ConBlockingKernelClient, msg:dict):
     "The default `stdin_hook`: ask the user with `input` (`getpass` for a password) and send the answer"
     content = msg['content']
     try: value = (getpass if content.get('password') else input)(content['prompt'])
-    except EOFError: value = '\x04'
+    except EOFError: value = EOF
     self.input(value)
 
 # %% ../nbs/09_blocking.ipynb #579606f0
