@@ -118,10 +118,10 @@ def _answer(self:StubKernel, sock:zmq.Socket, idents:list[bytes], header:bytes, 
     self._publish('status', header, _IDLE)
 
 # %% ../nbs/12_stubkernel.ipynb #2dd188b6
-KERNEL_INFO = dict(status='ok', protocol_version='5.3', implementation='conkernelclient-stub',
-                   implementation_version=version('conkernelclient'), banner="STUB kernel: runs no code, answers at once",
-                   language_info=dict(name='stub', version=version('conkernelclient'), mimetype='text/plain', file_extension='.txt'),
-                   help_links=[], supported_features=[])
+KERNEL_INFO:dict = dict(status='ok', protocol_version='5.3', implementation='conkernelclient-stub',
+                        implementation_version=version('conkernelclient'), banner="STUB kernel: runs no code, answers at once",
+                        language_info=dict(name='stub', version=version('conkernelclient'), mimetype='text/plain', file_extension='.txt'),
+                        help_links=[], supported_features=[])
 
 # %% ../nbs/12_stubkernel.ipynb #fb548dfc
 def stub_outputs(code:str) -> tuple:
