@@ -209,8 +209,8 @@ def test_many_kernels(res):
 
 def test_targets(res):
     "Every target has a value and a verdict (whatever it is): the stub kernel's, one per real kernel, one per many-kernels transport"
-    assert [t['unit'] for t in res['targets']] == ['×', '×', '×', '×', 'bytes', '×', '×', 'MB', '×', '×', '×', '×']
-    assert [t['target'].rsplit('(', 1)[-1] for t in res['targets'][8:]] == ['ipykernel)', 'async-kernel)', 'ZMQ, direct)', 'websocket)']
+    assert [t['unit'] for t in res['targets']] == ['×', '×', '×', '×', 'bytes', 'bytes', '×', '×', '×', 'MB', '×', '×', '×', '×']
+    assert [t['target'].rsplit('(', 1)[-1] for t in res['targets'][10:]] == ['ipykernel)', 'async-kernel)', 'ZMQ, direct)', 'websocket)']
     assert all(t['value'] > 0 and t['met'] in (True, False) for t in res['targets'])
 
 
