@@ -462,6 +462,24 @@ async def _memory(km:ConKernelManager, plan:Plan) -> list[dict]:
         finally: kc.stop_channels()
     return out
 
+def backlog_item(kc:ConKernelClient, msg:dict, n:int=100) -> dict:
+    "What the shell backlog keeps of `msg` while it waits behind the window, and its heap bytes, measured on `n` copies"
+    ch = kc.shell_channel
+    tracemalloc.start()
+    try:
+        kept = [ch._queued(msg) for _ in range(n)]
+        each = tracemalloc.get_traced_memory()[0] / n
+    finally: tracemalloc.stop()
+    return dict(kept=type(kept[0]).__name__, bytes=each, packed=len(ch.session.pack(msg['content'])))
+
+BACKLOG_REQUESTS = {'execute_request, no user expressions': {}, 'execute_request with user expressions': {'user_expressions': {'n': 'n'}}}
+
+async def _backlog(km:ConKernelManager) -> list[dict]:
+    "Heap bytes the backlog keeps per request waiting behind the window, for each request of `BACKLOG_REQUESTS`"
+    kc = await km.client().start_channels()
+    try: return [dict(request=name, **backlog_item(kc, kc._execute_msg('n = 0', **options))) for name, options in BACKLOG_REQUESTS.items()]
+    finally: kc.stop_channels()
+
 UNREAD_CLIENTS = {'jupyter_client': None, 'ConKernelClient': 1_000, 'ConKernelClient, 100,000 kept': 100_000} # -> iopub_inbox_limit
 
 def _unread_rss(conn:dict, client:str, n:int) -> dict:
@@ -905,6 +923,7 @@ async def bench_kernel(km:ConKernelManager, name:str, plan:Plan) -> dict:
     return dict(throughput=sorted(throughput, key=lambda r: (order(r['client']), r['in_flight'])),
                 outputs=sorted(outputs, key=lambda r: order(r['client'])),
                 memory=await _memory(km, plan) if name == 'stub' else [],
+                backlog=await _backlog(km) if name == 'stub' else [],
                 send_path=await _send_path(km, plan) if name == 'stub' else [],
                 unread=await _unread(km, plan) if name == 'stub' else [],
                 concurrency=await _concurrency(km, name, plan),
@@ -961,12 +980,17 @@ def targets(per_kernel:dict) -> list[dict]:
                   for p in outs if p['client'] == PLAIN and p['cell'] == c['cell']]
     heap = next((m['bytes_per_request'] for m in stub.get('memory', []) if m['window'] == 500 and m['timeout'] == 60), None)
     held = {r['mode']: r['us_per_call'] for r in stub.get('send_path', [])}
+    waiting = {r['request']: r for r in stub.get('backlog', [])}
+    plain, expr = (waiting.get(k, {}) for k in BACKLOG_REQUESTS)
     unread = next((r for r in stub.get('unread', []) if r['client'] == CON), None)
     return [_target("client CPU per request, 1,000 pipelined, vs the floor", _ratio(_cpu_of(rows, CON, 1000), _cpu_of(rows, PLAIN, 1000)), 0.5),
             _target("client CPU per request, 1,000 pipelined, vs the floor without timeouts", _ratio(_cpu_of(rows, CON, 1000), _cpu_of(rows, PLAIN_UNTIMED, 1000)), 0.7),
             _target("client CPU per request, 1,000 pipelined, vs the synchronous limit", _ratio(_cpu_of(rows, CON, 1000), _cpu_of(rows, LIMIT, 1000)), 2.0),
             _target(f"client CPU per request, {most:,} vs 100 in flight", _ratio(_cpu_of(rows, CON, most), _cpu_of(rows, CON, 100)), 1.1),
             _target("heap per outstanding request", heap, 400, 'bytes'),
+            _target("heap per execute_request waiting in the backlog", plain.get('bytes'), 100, 'bytes'),
+            _target("heap per request with user expressions waiting in the backlog, vs its packed content",
+                    _ratio(expr.get('bytes'), expr.get('packed')), 2.0),
             _target("event loop held per execute call, queued behind the window vs sent", _ratio(held.get('queued behind the window'), held.get('sent')), 1.0),
             _target("client CPU per output collection, vs the floor (worse cell)", max(outs_ratio, default=None), 1.1),
             _target(f"memory held for unread iopub messages after {unread['requests'] if unread else 0:,} requests",
@@ -979,7 +1003,7 @@ def results(per_kernel:dict, plan:Plan, command:str=COMMAND) -> dict:
     meta = dict(command=command, date=datetime.now(timezone.utc).isoformat(timespec='seconds'), commit=_commit(),
                 machine=f'{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs', versions=_versions())
     return dict(meta=meta, plan=asdict(plan), targets=targets(per_kernel),
-                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'send_path', 'unread', 'concurrency', 'encryption', 'cancellable', 'loops', 'json', 'websocket', 'remote_clients', 'many')})
+                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'backlog', 'send_path', 'unread', 'concurrency', 'encryption', 'cancellable', 'loops', 'json', 'websocket', 'remote_clients', 'many')})
 
 KERNEL_NAMES = {'stub': 'stub kernel (client-bound)', 'python3': 'ipykernel', 'async': 'async-kernel'}
 
@@ -1022,6 +1046,11 @@ def _memory_md(mems:list[dict]) -> list[str]:
     return _table(['in flight', 'window', 'timeout', 'bytes/request', 'largest allocation sites (bytes/request)'],
                   [[_f(m['in_flight']), _f(m['window']), _f(m['timeout'], '{} s'), _f(m['bytes_per_request']),
                     ', '.join(f"{s['site']} {s['bytes']:.0f}" for s in m['sites'])] for m in mems])
+
+def _backlog_md(rows:list[dict]) -> list[str]:
+    "The backlog table"
+    return _table(['request', 'kept as', 'heap bytes', 'packed content, bytes'],
+                  [[r['request'], f"`{r['kept']}`", _f(r['bytes']), _f(r['packed'])] for r in rows])
 
 def _unread_md(rows:list[dict]) -> list[str]:
     "The unread-iopub table"
@@ -1118,6 +1147,9 @@ def markdown(res:dict) -> str:
             'reads iopub until its `idle`, ConKernelClient follows it with `Router.follow`.', '', *_outputs_md(res['outputs']),
             '', '## Memory', '', 'Python heap (tracemalloc) held in the client per outstanding request, while the stub kernel '
             'withholds every reply; requests past the shell `window` wait, unsent, in the client.', '', *_memory_md(res['memory']),
+            '', 'What the backlog keeps of one request waiting behind the window (tracemalloc, over 100 copies): a plain '
+            '`execute_request` as a `_QueuedCode` (its code and four yes/no options as one int), any other request as a '
+            '`_Queued` holding its packed content.', '', *_backlog_md(res['backlog']),
             '', '## Unread iopub', '', 'A client that only awaits replies, the common service pattern, never reads the '
             "two status messages each request publishes. Each client runs in a process of its own, attached to the stub "
             "kernel, and the table gives how much its resident memory (RSS) grew over the requests: jupyter_client's "

@@ -17,6 +17,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from .errors import ChannelsClosedError, WrongLoopError
 from .core import ConKernelClient, ConKernelManager
+from .runs import EOF
 from .remote import RemoteKernelManager
 
 # %% auto #0
@@ -166,7 +167,7 @@ def _started(self:ConBlockingKernelClient, manager:Callable[[],AsyncKernelManage
 @patch(cls_method=True)
 def start_kernel(cls:ConBlockingKernelClient, kernel_name:str='python3', **kwargs) -> ConBlockingKernelClient:
     "Start a kernel and return a started client that owns it: stopping the client, or leaving its `with` block, shuts the kernel down"
-    return cls()._started(partial(ConKernelManager, kernel_name=kernel_name), True, **kwargs)
+    return cls()._started(partial(ConKernelManager, kernel_name=kernel_name), True, **kwargs) # type: ignore[operator] # `cls` is the class: @patch(cls_method=True) reads it from the annotation
 
 # %% ../nbs/09_blocking.ipynb #3b258037
 @patch(cls_method=True)
@@ -178,7 +179,8 @@ def remote(cls:ConBlockingKernelClient, url:str|None=None, # the server's URL, a
            **options) -> ConBlockingKernelClient: # `Server` options, and `RemoteKernelManager`'s
     "A started client of a kernel on a Jupyter Server or gateway: one it starts and owns, or the running `kernel_id`"
     manager = partial(RemoteKernelManager, url, token, kernel_name=kernel_name, kernel_id=kernel_id, **options)
-    return cls()._started(manager, kernel_id is None, **({} if kernel_id else dict(env=env, cwd=cwd)))
+    return cls()._started(manager, kernel_id is None, # type: ignore[operator] # as in `start_kernel`
+                          **({} if kernel_id else dict(env=env, cwd=cwd)))
 
 # %% ../nbs/09_blocking.ipynb #095397c6
 @patch
@@ -186,7 +188,7 @@ def _prompt(self:ConBlockingKernelClient, msg:dict):
     "The default `stdin_hook`: ask the user with `input` (`getpass` for a password) and send the answer"
     content = msg['content']
     try: value = (getpass if content.get('password') else input)(content['prompt'])
-    except EOFError: value = '\x04'
+    except EOFError: value = EOF
     self.input(value)
 
 # %% ../nbs/09_blocking.ipynb #579606f0
@@ -196,7 +198,7 @@ def execute_interactive(self:ConBlockingKernelClient, code:str,
                         stdin_hook:Callable[[dict],Any]|None=None, # called in this thread with each input request; None prompts the user
                         **kwargs) -> dict: # `silent`, `store_history`, `user_expressions`, `allow_stdin`, `stop_on_error`, `timeout`
     "Run `code`, passing its outputs to `output_hook` and its input requests to `stdin_hook`, both called in this thread; return the reply"
-    relayed = queue.SimpleQueue()
+    relayed:queue.SimpleQueue[Callable[[], Any]] = queue.SimpleQueue()
     relay = lambda hook: lambda msg: relayed.put(functools.partial(hook, msg))
     cfut = self._submit(self.kc.execute_interactive, code, **kwargs,
                         output_hook=output_hook and relay(output_hook), stdin_hook=relay(stdin_hook or self._prompt))

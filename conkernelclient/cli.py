@@ -10,9 +10,10 @@ import argparse, asyncio, json, logging, sys, time
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import AsyncGenerator, AsyncIterator, Callable, cast
 
 from fastcore.basics import patch
+from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.kernelspec import NoSuchKernel
 from conkernelclient.errors import ConKernelError, KernelDiedError, SubshellsUnsupportedError
 from conkernelclient.core import ConKernelClient, ConKernelManager
@@ -93,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 # %% ../nbs/10_cli.ipynb #f394c8de
 _needed = 'shell_port', 'iopub_port', 'stdin_port', 'control_port', 'hb_port', 'key'
 
-def read_connection_file(fname:str|Path) -> dict:
+def read_connection_file(fname:str|Path) -> KernelConnectionInfo:
     "The connection info in `fname`; `ConnectionFileError` saying what is wrong if it cannot be used"
     try: info = json.loads(Path(fname).read_text())
     except FileNotFoundError: raise ConnectionFileError(f"connection file not found: {fname}") from None
@@ -102,14 +103,14 @@ def read_connection_file(fname:str|Path) -> dict:
     if not isinstance(info, dict): raise ConnectionFileError(f"connection file {fname} does not hold a JSON object")
     missing = [k for k in _needed if k not in info]
     if missing: raise ConnectionFileError(f"connection file {fname} lacks {', '.join(missing)}")
-    return info
+    return cast(KernelConnectionInfo, info) # with the keys it needs
 
 # %% ../nbs/10_cli.ipynb #16b0b8c7
 @asynccontextmanager
 async def _answering(kc:ConKernelClient, what:str) -> AsyncIterator[ConKernelClient]:
     "Start `kc`'s channels and stop them on exit; if the kernel never answers, raise `KernelUnavailableError` about `what`"
     try:
-        try: await kc.start_channels()
+        try: await kc.start_channels() # type: ignore[func-returns-value,misc] # patched async by `core`, unseen by mypy
         except (KernelDiedError, TimeoutError) as e: raise KernelUnavailableError(f"{what}: {e}") from None
         yield kc
     finally: kc.stop_channels()
@@ -125,7 +126,7 @@ async def launch(kernel:str='python3') -> AsyncIterator[ConKernelClient]:
             names = ', '.join(sorted(km.kernel_spec_manager.find_kernel_specs()))
             raise KernelUnavailableError(f"no kernel spec named {kernel!r} (available: {names})") from None
         except Exception as e: raise KernelUnavailableError(f"kernel {kernel!r} did not start: {e!r}") from e
-        async with _answering(km.client(), f"kernel {kernel!r} did not start") as kc: yield kc
+        async with _answering(km.client(), f"kernel {kernel!r} did not start") as kc: yield kc # type: ignore[arg-type] # `core`'s patched `client` gives a ConKernelClient
     finally:
         if km.has_kernel: await km.shutdown_kernel(now=True)
 
@@ -138,7 +139,7 @@ async def remote(server:str, kernel_id:str|None=None, kernel:str='python3', toke
     km = RemoteKernelManager(server, token, kernel_name=kernel, kernel_id=kernel_id, **options)
     try:
         await km.start_kernel(env=env, cwd=cwd)
-        async with _answering(km.client(), f"the kernel {km.kernel_id} on {km.server.url} did not answer") as kc: yield kc
+        async with _answering(km.client(), f"the kernel {km.kernel_id} on {km.server.url} did not answer") as kc: yield kc # type: ignore[arg-type] # as in `launch`
     finally:
         if kernel_id is None and km.has_kernel: await km.shutdown_kernel()
 
@@ -240,12 +241,12 @@ async def run_snippet(kc:ConKernelClient, n:int, code:str,
 async def events(kc:ConKernelClient, codes:list[str],
                  timeout:float=60, # seconds each request may take from when it is sent
                  subshells:bool=False # run each snippet in a subshell of its own, so that they run at the same time
-                ) -> AsyncIterator[Output|Outcome]:
+                ) -> AsyncGenerator[Output|Outcome, None]:
     "Send every snippet in `codes` at once; yield each line of their output as it arrives, and each `Outcome`"
     if subshells and not kc.supports_subshells:
         raise SubshellsUnsupportedError("--subshells: the kernel does not support subshells (its kernel_info_reply does "
                                         "not list 'kernel subshells'); leave --subshells out to run every snippet on the main shell")
-    queue = asyncio.Queue()
+    queue:asyncio.Queue[Output|Outcome|asyncio.Task] = asyncio.Queue()
     tasks = [asyncio.create_task(run_snippet(kc, n, code, queue.put_nowait, timeout, subshells))
              for n,code in enumerate(codes, 1)]
     for t in tasks: t.add_done_callback(queue.put_nowait)

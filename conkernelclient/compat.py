@@ -24,5 +24,5 @@ except ImportError:
         return loop
 
 try: from zmq.backend import Socket as _Backend
-except ImportError: _Backend = zmq.Socket # the same calls, through pyzmq's Python wrapper
+except ImportError: _Backend = zmq.Socket # type: ignore[misc,assignment] # the same calls, through pyzmq's Python wrapper
 send_frame, recv_frame, get_option = _Backend.send, _Backend.recv, _Backend.get

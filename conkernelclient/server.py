@@ -193,7 +193,7 @@ def _tls(server:Server, e:ssl.SSLError) -> ServerTLSError:
                                            "certificate, pass client_cert= and client_key="))
     return ServerTLSError(server.scrub(f"the TLS handshake with {server.url} failed: {why}"))
 
-def _unreachable(server:Server, e:BaseException) -> ServerUnreachableError:
+def _unreachable(server:Server, e:BaseException|None) -> ServerUnreachableError:
     "The error for a server that did not answer because of `e`"
     if isinstance(e, ssl.SSLError): return _tls(server, e)
     if isinstance(e, HTTPTimeoutError): return ServerTimeoutError(server.scrub(f"{server.url} did not answer in time: {e}"))

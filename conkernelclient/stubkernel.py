@@ -9,14 +9,14 @@ from __future__ import annotations
 import argparse, json, logging, sys, threading
 from datetime import datetime, timezone
 from hmac import compare_digest
+from importlib.metadata import version
+from importlib.resources import files
 from pathlib import Path
 
 import zmq
 from fastcore.basics import patch
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.session import Session
-
-from conkernelclient import __version__
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +118,10 @@ def _answer(self:StubKernel, sock:zmq.Socket, idents:list[bytes], header:bytes, 
     self._publish('status', header, _IDLE)
 
 # %% ../nbs/12_stubkernel.ipynb #2dd188b6
-KERNEL_INFO = dict(status='ok', protocol_version='5.3', implementation='conkernelclient-stub',
-                   implementation_version=__version__, banner="STUB kernel: runs no code, answers at once",
-                   language_info=dict(name='stub', version=__version__, mimetype='text/plain', file_extension='.txt'),
-                   help_links=[], supported_features=[])
+KERNEL_INFO:dict = dict(status='ok', protocol_version='5.3', implementation='conkernelclient-stub',
+                        implementation_version=version('conkernelclient'), banner="STUB kernel: runs no code, answers at once",
+                        language_info=dict(name='stub', version=version('conkernelclient'), mimetype='text/plain', file_extension='.txt'),
+                        help_links=[], supported_features=[])
 
 # %% ../nbs/12_stubkernel.ipynb #fb548dfc
 def stub_outputs(code:str) -> tuple:
@@ -196,7 +196,7 @@ def serve(self:StubKernel):
 # %% ../nbs/12_stubkernel.ipynb #536e656d
 def main(argv:list[str]|None=None):
     "Run the stub kernel on the connection file given with `-f`"
-    p = argparse.ArgumentParser(prog='python -m conkernelclient.stubkernel',
+    p = argparse.ArgumentParser(prog='stubkernel.py',
                                 description="A STUB kernel for benchmarks: it runs no code and answers every request at once.")
     p.add_argument('-f', dest='connection_file', required=True, metavar='CONNECTION_FILE',
                    help="the connection file written by the kernel manager")
@@ -208,8 +208,8 @@ if __name__ == '__main__': main()
 
 # %% ../nbs/12_stubkernel.ipynb #a5ad2bc1
 def stub_spec() -> KernelSpec:
-    "The kernel spec of the stub kernel, run by this Python"
-    return KernelSpec(argv=[sys.executable, '-m', 'conkernelclient.stubkernel', '-f', '{connection_file}'],
+    "The kernel spec of the stub kernel: this module's file, run as a script by this Python"
+    return KernelSpec(argv=[sys.executable, '-P', str(files('conkernelclient')/'stubkernel.py'), '-f', '{connection_file}'],
                       display_name='STUB kernel (conkernelclient benchmarks)', language='stub', interrupt_mode='message')
 
 # %% ../nbs/12_stubkernel.ipynb #0dba9d7b

@@ -42,17 +42,18 @@ def test_row_and_targets(monkeypatch):
                             dict(client=PLAIN_UNTIMED, in_flight=1000, cpu_us=120)],
                 outputs=[dict(client=PLAIN, cell='x', cpu_us=10), dict(client=CON, cell='x', cpu_us=9)],
                 memory=[dict(window=500, timeout=60, bytes_per_request=400)],
+                backlog=[dict(request=r, bytes=n, packed=p) for r, n, p in zip(b.BACKLOG_REQUESTS, (80, 500), (100, 200))],
                 send_path=[dict(mode='sent', us_per_call=40), dict(mode='queued behind the window', us_per_call=50)],
                 unread=[dict(client='jupyter_client', requests=50_000, inbox_mb=None), dict(client=CON, requests=50_000, inbox_mb=6.5)],
                 many=[dict(transport=t, kernels=k, cpu_us=c) for t, k, c in
                       (('ZMQ, direct', 1, 100), ('ZMQ, direct', 16, 110), ('websocket', 1, 200), ('websocket', 16, 260))])
     assert [(round(t['value'], 2), t['met']) for t in b.targets({'stub': fake})] == [
-        (1.5, False), (1.25, False), (3.0, False), (1.07, True), (400, True), (1.25, False), (0.9, True), (6.5, False), (1.1, True), (1.3, False)]
-    assert '50,000 requests' in b.targets({'stub': fake})[7]['target']
+        (1.5, False), (1.25, False), (3.0, False), (1.07, True), (400, True), (80, True), (2.5, False), (1.25, False), (0.9, True), (6.5, False), (1.1, True), (1.3, False)]
+    assert '50,000 requests' in b.targets({'stub': fake})[9]['target']
     assert '16 stub kernels at once vs 1 (websocket)' in b.targets({'stub': fake})[-1]['target']
     # a real kernel has a target of its own, against the floor without timeouts at its largest batch; the stub's are unmeasured
     real = b.targets({'python3': fake})
-    assert [t['met'] for t in real] == [None] * 8 + [False, None, None] and '(ipykernel)' in real[8]['target']
+    assert [t['met'] for t in real] == [None] * 10 + [False, None, None] and '(ipykernel)' in real[10]['target']
 
 
 def test_help():
@@ -141,6 +142,13 @@ def test_event_loops(res):
     assert all(r['answered'] == r['sent'] > 0 and r['cpu_us'] > 0 for r in rows)
 
 
+def test_backlog(res):
+    "On the stub, what the backlog keeps of each kind of request, sent back with the same content"
+    assert [(r['request'], r['kept']) for r in res['backlog']] == [
+        ('execute_request, no user expressions', '_QueuedCode'), ('execute_request with user expressions', '_Queued')]
+    assert all(r['bytes'] > 0 and r['packed'] > 0 for r in res['backlog'])
+
+
 def test_send_path(res):
     "The stub kernel's send path: the loop held by the memory plan's number of calls, sent and queued"
     rows = res['send_path']
@@ -201,8 +209,8 @@ def test_many_kernels(res):
 
 def test_targets(res):
     "Every target has a value and a verdict (whatever it is): the stub kernel's, one per real kernel, one per many-kernels transport"
-    assert [t['unit'] for t in res['targets']] == ['×', '×', '×', '×', 'bytes', '×', '×', 'MB', '×', '×', '×', '×']
-    assert [t['target'].rsplit('(', 1)[-1] for t in res['targets'][8:]] == ['ipykernel)', 'async-kernel)', 'ZMQ, direct)', 'websocket)']
+    assert [t['unit'] for t in res['targets']] == ['×', '×', '×', '×', 'bytes', 'bytes', '×', '×', '×', 'MB', '×', '×', '×', '×']
+    assert [t['target'].rsplit('(', 1)[-1] for t in res['targets'][10:]] == ['ipykernel)', 'async-kernel)', 'ZMQ, direct)', 'websocket)']
     assert all(t['value'] > 0 and t['met'] in (True, False) for t in res['targets'])
 
 
