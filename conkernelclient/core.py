@@ -8,7 +8,6 @@ Docs: https://conkernelclient.github.io/conkernelclient/core.html.md"""
 from __future__ import annotations
 import asyncio, itertools, logging, time, weakref
 from collections import deque
-from functools import partial
 from typing import Awaitable, Callable, Iterable
 from queue import Empty
 
@@ -21,10 +20,11 @@ from jupyter_client.session import new_id
 from traitlets import Bool, DottedObjectName, Float, Integer, Type, default, observe, validate
 
 from conkernelclient.errors import (ConKernelError, KernelDiedError, ChannelsClosedError, KernelRestartedError,
-    SubshellsUnsupportedError, KeyMismatchError, NotCancellableError, InterruptScopeError, InterruptUnsupportedError)
+    SubshellsUnsupportedError, KeyMismatchError, InterruptUnsupportedError)
 from conkernelclient.session import ConSession
 from conkernelclient.routing import Follower, ReplyFuture, is_idle
 from conkernelclient.channel import RoutedChannel, ZMQChannel, unbounded_context, _retrieved
+from conkernelclient.cancel import Cancelling
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _owned(name:str) -> property:
     return property(get, doc=f"The {name} channel: a `RoutedChannel` that belongs to this client")
 
 # %% ../nbs/05_core.ipynb #d154ec97
-class ConKernelClient(AsyncKernelClient):
+class ConKernelClient(Cancelling, AsyncKernelClient):
     "An `AsyncKernelClient` that keeps many requests in flight and routes every reply to the request that asked"
     shell_channel_class = Type(ZMQChannel)
     control_channel_class = Type(ZMQChannel)
@@ -362,21 +362,6 @@ def _execute_msg(self:ConKernelClient, code:str, subshell_id:str|None=None, sile
     if subshell_id is not None: msg['header']['subshell_id'] = subshell_id
     return msg
 
-# %% ../nbs/05_core.ipynb #e7305af8
-@patch
-def _cancellable(self:ConKernelClient, cancellable:bool|None, on_timeout:str) -> bool:
-    "Is a request sent with `cancellable` and `on_timeout` cancellable? Raise `ValueError` if they disagree"
-    if on_timeout not in ('abandon', 'interrupt'): raise ValueError(f"on_timeout must be 'abandon' or 'interrupt', not {on_timeout!r}")
-    if on_timeout == 'abandon': return self.cancellable if cancellable is None else cancellable
-    if cancellable is False: raise ValueError("on_timeout='interrupt' interrupts the request, so it must be cancellable")
-    return True
-
-@patch
-def _cancellable_if(self:ConKernelClient, msg:dict, cancellable:bool):
-    "Make request `msg`, about to be sent, cancellable if asked"
-    self.shell_channel.check_loop()
-    if cancellable: _Alone(msg['header']['msg_id'], self.shell_channel, self.iopub_channel)
-
 # %% ../nbs/05_core.ipynb #0a586bb8
 @patch
 def execute(self:ConKernelClient, code:str,
@@ -415,157 +400,6 @@ def _require_subshells(self:ConKernelClient):
     why = ("no kernel_info_reply yet: await kc.start_channels() first" if self.kernel_info_reply is None
            else "its kernel_info_reply does not list 'kernel subshells' in supported_features")
     raise SubshellsUnsupportedError(f"this kernel cannot run subshells ({why}); leave subshell_id=None for the main shell")
-
-# %% ../nbs/05_core.ipynb #29300b8c
-class _Alone:
-    "A cancellable request, alone on its shell in the kernel until its reply and its `idle` came: its state, and what ends it"
-    __slots__ = ('mid', 'key', 'channel', 'inbox', 'on_pub', 'follower', 'started', 'replied', 'idle', 'stopping', 'wake')
-    def __init__(self, mid:str, channel:RoutedChannel, iopub:RoutedChannel):
-        "Make request `mid`, not sent yet, cancellable on `channel`, following its messages on `iopub`"
-        self.mid,self.channel,self.inbox = mid,channel,iopub.inbox
-        self.key:str|None = None # its shell, once sent
-        self.on_pub:Callable[[dict],object]|None = None # who reads its iopub messages; None: the iopub inbox
-        self.started = self.replied = self.idle = False # its `execute_input` (the code runs), reply, `idle` came?
-        self.stopping:asyncio.Future|None = None # while `cancel` interrupts it: the outcome
-        self.wake:asyncio.Future|None = None # resolved at its next iopub message, for `until`
-        self.follower:Follower = iopub.router.follow(mid, self)
-        self.follower.add_done_callback(_retrieved) # a client that closes fails it: the request's caller hears of that
-        channel.cancellables[mid] = self
-
-    def __call__(self, msg:dict) -> bool:
-        "Follower of the request's iopub messages: hand `msg` on, and note the `execute_input` and `idle` of the request"
-        if self.on_pub is None: self.inbox.put(msg)
-        else: self.on_pub(msg)
-        if msg['msg_type'] == 'execute_input': self.started = True
-        elif is_idle(msg):
-            self.idle = True
-            self.release()
-        if self.wake is not None and not self.wake.done(): self.wake.set_result(None)
-        return self.idle
-
-    async def until(self, cond:Callable[[],bool], reply:asyncio.Future, deadline:float) -> bool:
-        "Wait until `cond()` holds or `reply` is done, at most until loop time `deadline`: did either happen?"
-        loop = asyncio.get_running_loop()
-        while not (cond() or reply.done()):
-            if (left := deadline - loop.time()) <= 0: return False
-            self.wake = loop.create_future()
-            await asyncio.wait([self.wake, reply], timeout=left, return_when=asyncio.FIRST_COMPLETED)
-        return True
-
-    def release(self):
-        "Free its shell once the kernel is done with it (reply and `idle` came, no interrupt under way), and send what waits there"
-        if not (self.replied and self.idle) or self.stopping is not None: return
-        ch = self.channel
-        del ch.cancellables[self.mid]
-        if ch.alone.get(self.key) is self: del ch.alone[self.key]
-        ch._pump(self.key)
-
-    def drop(self):
-        "Forget the request, which will never be sent, or whose kernel is gone: stop following it"
-        self.channel.cancellables.pop(self.mid, None)
-        self.follower.cancel()
-
-    def detach(self, sent:bool):
-        "Its caller stops following it: its iopub messages go to the inbox from now on; one never sent is dropped"
-        self.on_pub = None
-        if not sent: self.drop()
-
-# %% ../nbs/05_core.ipynb #d36e2306
-@patch
-def _stop_on_timeout(self:ConKernelClient, fut:asyncio.Future):
-    "Done-callback of a request sent with on_timeout='interrupt': once it timed out, cancel it in the kernel too"
-    if fut.cancelled() or not isinstance(fut.exception(), TimeoutError): return
-    self._stopping.start(self.cancel(fut.msg_id)).add_done_callback(partial(self._stopped_on_timeout, fut.msg_id))
-
-@patch
-def _stopped_on_timeout(self:ConKernelClient, mid:str, task:asyncio.Task):
-    "Log how a timeout's `cancel` of request `mid` ended"
-    if task.cancelled(): return
-    if (e := task.exception()) is None: log.debug("request %s timed out: %s", mid, task.result())
-    elif isinstance(e, ConKernelError): log.warning("request %s timed out and could not be stopped: %s", mid, e)
-    else: log.error("request %s timed out and stopping it failed", mid, exc_info=e)
-
-# %% ../nbs/05_core.ipynb #7ca5ae2e
-_INTERRUPTED = ('KeyboardInterrupt', 'KernelInterrupt', 'CancelledError') # enames of a request stopped by an interrupt
-
-@patch
-async def cancel(self:ConKernelClient, msg_id:str,
-                 timeout:float=10 # seconds for the request to stop once interrupted, else `TimeoutError`
-                ) -> str:
-    "Stop request `msg_id`: 'withdrawn' (never sent, never will be), 'interrupted' (the kernel stopped it) or 'finished'"
-    ch = self.shell_channel
-    ch.check_loop()
-    fut = ch.router.pending.get(msg_id)
-    if msg_id not in ch.unanswered:
-        if fut is not None: fut.cancel() # in the backlog, or waiting for its stdin turn
-        elif ch.waiting(msg_id): ch.router.abandon(msg_id)
-        else: return 'finished'
-        return 'withdrawn'
-    h = ch.cancellables.get(msg_id)
-    if h is None: raise NotCancellableError(
-        f"request {msg_id} was sent without cancellable=True, so it may be queued in the kernel behind other requests, "
-        "where no interrupt can stop it alone; send it with cancellable=True (or set kc.cancellable) to cancel it")
-    if h.stopping is not None: return await asyncio.shield(h.stopping)
-    if h.replied: return 'finished'
-    self._check_scope(h)
-    h.stopping = asyncio.get_running_loop().create_future()
-    try: outcome = await self._stop(h, timeout)
-    except asyncio.CancelledError:
-        h.stopping.cancel()
-        raise
-    except BaseException as e:
-        h.stopping.set_exception(e)
-        raise
-    else: h.stopping.set_result(outcome)
-    finally:
-        stopping, h.stopping = h.stopping, None
-        if not stopping.cancelled(): stopping.exception() # retrieved: a second `cancel` may not be waiting
-        h.release()
-    return outcome
-
-# %% ../nbs/05_core.ipynb #e3a70160
-@patch(as_prop=True)
-def _interrupts_every_shell(self:ConKernelClient) -> bool:
-    "Does an interrupt stop what runs on every shell? ipykernel's reaches only the main shell; others are taken to reach all"
-    return (self.kernel_info_reply or {}).get('content', {}).get('implementation') != 'ipython'
-
-@patch
-def _check_scope(self:ConKernelClient, h:_Alone):
-    "Raise `InterruptScopeError` unless interrupting the kernel stops held request `h` and no other request of this client"
-    if not self._interrupts_every_shell:
-        if h.key is None: return
-        raise InterruptScopeError(f"request {h.mid} runs on subshell {h.key}, and ipykernel's interrupt only reaches the "
-                                  "main shell (subshells are threads, which signals never reach)")
-    others = [m for m, k in self.shell_channel.unanswered.items() if k != h.key]
-    if others: raise InterruptScopeError(f"this kernel's interrupt stops what runs on every shell, so it would also stop "
-                                         f"{len(others)} other request(s) of this client on other shells: {others[:3]}")
-
-# %% ../nbs/05_core.ipynb #1d1b761e
-@patch
-async def _stop(self:ConKernelClient, h:_Alone, timeout:float) -> str:
-    "Interrupt the kernel once cancellable request `h` runs, intercepting its reply to tell 'interrupted' from 'finished'"
-    ch, loop = self.shell_channel, asyncio.get_running_loop()
-    rt, deadline = ch.router, loop.time() + timeout
-    mine = rt.intercept(h.mid)
-    try:
-        if not await h.until(lambda: h.started, mine, deadline):
-            raise TimeoutError(f"request {h.mid} did not start within {timeout} s: its shell is busy with other work")
-        while not (mine.done() or h.idle): # interrupt again each second: an interrupt can miss (see above)
-            if loop.time() >= deadline: raise TimeoutError(f"request {h.mid} was interrupted but did not stop within {timeout} s")
-            await self._interrupt()
-            await h.until(lambda: h.idle, mine, min(deadline, loop.time() + 1))
-        await h.until(lambda: False, mine, loop.time() + 1) # its reply comes with its `idle`, unless it was lost
-        reply = mine.result() if mine.done() else None # a table that failed (the kernel died) raises its error here
-    except BaseException:
-        rt.give_back(h.mid) # the caller waits for the reply again, or has failed with the table
-        raise
-    if reply is None: # ipykernel sends no reply when the interrupt lands just after the code ended, outside it
-        log.warning("request %s ended without a reply after the interrupt: its code may have run to its end", h.mid)
-        ch._answered(h.mid)
-    stopped = reply is None or (reply['content'].get('status') == 'error' and reply['content'].get('ename') in _INTERRUPTED)
-    rt.give_back(h.mid, stopped)
-    return 'interrupted' if stopped else 'finished'
-
 
 # %% ../nbs/05_core.ipynb #b7e97e01
 @patch

@@ -13,7 +13,8 @@ from typing import AsyncIterator, Awaitable, Callable
 from fastcore.basics import patch
 from conkernelclient.errors import ChannelsClosedError, ConKernelError, KernelDiedError, SubshellsUnsupportedError
 from conkernelclient.routing import Follower, ReplyFuture, Router, is_idle
-from conkernelclient.core import ConKernelClient, _Alone, _Tasks
+from conkernelclient.cancel import _Alone
+from conkernelclient.core import ConKernelClient, _Tasks
 
 log = logging.getLogger(__name__)
 
