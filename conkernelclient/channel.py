@@ -8,7 +8,7 @@ Docs: https://conkernelclient.github.io/conkernelclient/channel.html.md"""
 from __future__ import annotations
 import asyncio, logging
 from collections import deque
-from typing import Callable
+from typing import Awaitable, Callable, cast
 
 import zmq, zmq.asyncio
 from fastcore.basics import patch
@@ -147,7 +147,7 @@ class _Queued:
     "A request waiting in the backlog, compacted: its msg_id, its type and its packed content"
     __slots__ = ('msg_id', 'msg_type', 'content')
     def __init__(self, msg_id:str, msg_type:str, content:bytes|str): self.msg_id,self.msg_type,self.content = msg_id,msg_type,content
-    def body(self) -> bytes|dict: return self.content
+    def body(self) -> bytes|str|dict: return self.content
 
 _FLAGS = ('silent', 'store_history', 'allow_stdin', 'stop_on_error') # an execute_request's yes/no options, one bit each
 _FLAG_SETS = [{k: bool(n >> i & 1) for i, k in enumerate(_FLAGS)} for n in range(2 ** len(_FLAGS))] # by their bits
@@ -287,7 +287,7 @@ async def msg_ready(self:RoutedChannel) -> bool:
     return bool(self.inbox)
 
 # %% ../nbs/04_channel.ipynb #e2a71041
-class ZMQChannel(RoutedChannel, AsyncZMQSocketChannel):
+class ZMQChannel(RoutedChannel, AsyncZMQSocketChannel): # type: ignore[misc] # its session is a ConSession, which is a Session
     "A routed channel on a ZMQ socket, read only by its reader: jupyter_client's `AsyncZMQSocketChannel` with an owner"
     def __init__(self, socket:zmq.asyncio.Socket, session:Session, loop=None):
         RoutedChannel.__init__(self, session)
@@ -324,20 +324,21 @@ def _watch(self:ZMQChannel):
 @patch
 def _soon(self:ZMQChannel):
     "Give the reader a turn soon, unless it has one already"
-    if self.turn is None and self.fd is not None: self.turn = self.loop.call_soon(self._read)
+    if self.turn is None and self.fd is not None and self.loop is not None: self.turn = self.loop.call_soon(self._read)
 
 @patch
 def _unwatch(self:ZMQChannel):
     "Stop the reader: the loop no longer watches the socket's descriptor"
     if self.turn is not None: self.turn.cancel()
-    if self.fd is not None and not self.loop.is_closed(): selector_of(self.loop).remove_reader(self.fd)
+    if self.fd is not None and self.loop is not None and not self.loop.is_closed(): selector_of(self.loop).remove_reader(self.fd)
     if isinstance(self.socket, RoutedSocket): self.socket.channel = None
     self.turn = self.fd = None
 
 
 # %% ../nbs/04_channel.ipynb #d26a00c8
 _EVENTS, _POLLIN, _POLLOUT, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.NOBLOCK) # plain ints, as for sending
-_get_opt, _recv_frame = get_option, recv_frame # pyzmq's own, under its wrapper (`compat`)
+_get_opt = cast(Callable[[zmq.Socket,int],int], get_option) # pyzmq's own, under its wrapper (`compat`); EVENTS is an int option
+_recv_frame = recv_frame
 
 def _recv_whole(shadow:zmq.Socket) -> list[bytes]|None:
     "The frames after the delimiter of the message waiting on `shadow` (ZMQ delivers a multipart message whole); None, logged, if it has none"
@@ -347,7 +348,9 @@ def _recv_whole(shadow:zmq.Socket) -> list[bytes]|None:
         frame = _recv_frame(shadow, _NOBLOCK, False)
         parts.append(frame.bytes)
     try: return parts[parts.index(DELIM) + 1:]
-    except ValueError: log.warning("skipped an unreadable message: no delimiter among its %d frames", len(parts))
+    except ValueError:
+        log.warning("skipped an unreadable message: no delimiter among its %d frames", len(parts))
+        return None
 
 _ASKED = 4 # messages a turn reads asking `ZMQ_EVENTS` before each; past that, a queue: it reads on until EAGAIN
 
@@ -356,9 +359,9 @@ def _read(self:ZMQChannel):
     "The reader: route the messages waiting on the socket, at most `burst` of them a turn; on failure, `teardown`"
     turn, self.turn = self.turn, None
     if turn is not None: turn.cancel() # this turn is the one it was due
-    if self.fd is None: return
+    if self.fd is None or (shadow := self.shadow) is None: return
     try:
-        n, shadow = self.burst, self.shadow
+        n = self.burst
         while (events := _get_opt(shadow, _EVENTS)) & _POLLIN: # ends on `ZMQ_EVENTS`: the descriptor signals again
             if not n: return self._soon() # a flood: let everything else run before the next burst
             if (frames := _recv_whole(shadow)) is not None: self.received(frames)
@@ -383,6 +386,7 @@ def _read(self:ZMQChannel):
 @patch
 def _events(self:ZMQChannel) -> int:
     "The socket's `ZMQ_EVENTS`, read outside the reader: if it shows a message, the reader gets a turn (the read took its signal)"
+    assert self.shadow is not None, "the reader is not started" # `check_loop` starts it
     events = _get_opt(self.shadow, _EVENTS)
     if events & _POLLIN: self._soon()
     return events
@@ -392,7 +396,7 @@ async def until_sendable(self:ZMQChannel, timeout:float) -> bool:
     "Wait until the socket can send (one connected with `ZMQ_IMMEDIATE`: until it is connected); False after `timeout` s"
     self.check_loop()
     if self._events() & _POLLOUT: return True
-    if self.sendable is None: self.sendable = self.loop.create_future()
+    if self.sendable is None: self.sendable = asyncio.get_running_loop().create_future()
     try: return await asyncio.wait_for(asyncio.shield(self.sendable), max(0, timeout))
     except TimeoutError: return False
 
@@ -422,7 +426,7 @@ def close(self:ZMQChannel, exc:ConKernelError|None=None):
     self._unwatch()
     if self.socket is not None:
         self.socket.close(linger=0)
-        self.socket = None
+        self.socket = None # type: ignore[assignment] # closed: jupyter_client's own `close` leaves None there too
 
 ZMQChannel.stop = ZMQChannel.close
 
@@ -443,16 +447,16 @@ class RoutedSocket(zmq.asyncio.Socket):
     def _schedule_remaining_events(self, events=None):
         "pyzmq's hook after each look it makes at `ZMQ_EVENTS`: the look may have taken the reader's signal"
         if self.channel is not None: self.channel._soon()
-        super()._schedule_remaining_events(events)
+        super()._schedule_remaining_events(events) # type: ignore[misc] # pyzmq's private hook (`compat`)
 
     def _handle_events(self, fd=0, events=0):
         "pyzmq's handler of the descriptor, once its asyncio use put it in the reader's place: the reader's turn, then pyzmq's"
         if self.channel is not None: self.channel._read()
-        if self._state: super()._handle_events(fd, events)
+        if self._state: super()._handle_events(fd, events) # type: ignore[misc] # pyzmq's private handler (`compat`)
 
 class _TellingPoller(zmq.asyncio.Poller):
     "The poller of a `RoutedSocket`'s own `poll`: once it has polled, the readers of the sockets it polled take a turn"
-    def poll(self, timeout=-1) -> asyncio.Future:
+    def poll(self, timeout=-1) -> Awaitable[list]: # type: ignore[override] # as zmq.asyncio's own: a future, not zmq.Poller's list
         fut = super().poll(timeout)
         self._tell()
         fut.add_done_callback(self._tell)

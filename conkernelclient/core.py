@@ -8,7 +8,7 @@ Docs: https://conkernelclient.github.io/conkernelclient/core.html.md"""
 from __future__ import annotations
 import asyncio, itertools, logging, time, weakref
 from collections import deque
-from typing import Awaitable, Callable, Iterable
+from typing import Awaitable, Callable, Iterable, cast
 from queue import Empty
 
 import zmq, zmq.asyncio
@@ -147,6 +147,7 @@ class ConKernelManager(AsyncKernelManager):
 
     async def interrupt_mode(self) -> str:
         "'signal' or 'message': how the kernel asks to be interrupted, as its kernel spec says"
+        assert self.kernel_spec is not None, "no kernel spec: start_kernel first" # as jupyter_client's interrupt_kernel asserts
         return self.kernel_spec.interrupt_mode
 
 # %% ../nbs/05_core.ipynb #c1564e5d
@@ -156,7 +157,7 @@ def client(self:ConKernelManager, **kwargs) -> ConKernelClient:
     if 'session' not in kwargs:
         kwargs['session'] = self.session.clone()
         kwargs['session'].session = new_id()
-    kc = AsyncKernelManager.client(self, **kwargs)
+    kc = cast(ConKernelClient, AsyncKernelManager.client(self, **kwargs)) # its `client_factory` makes ConKernelClients
     self.clients.add(kc)
     return kc
 
@@ -416,7 +417,9 @@ async def _interrupt(self:ConKernelClient, timeout:float=5):
 
 async def _interrupt_mode(km:AsyncKernelManager) -> str:
     "'signal' or 'message': how the kernel of manager `km` asks to be interrupted: a `ConKernelManager` says (a remote one asks its server), any other's kernel spec"
-    return await km.interrupt_mode() if isinstance(km, ConKernelManager) else km.kernel_spec.interrupt_mode
+    if isinstance(km, ConKernelManager): return await km.interrupt_mode()
+    assert km.kernel_spec is not None, "no kernel spec: start_kernel first"
+    return km.kernel_spec.interrupt_mode
 
 # %% ../nbs/05_core.ipynb #83281c0e
 @patch
@@ -455,8 +458,8 @@ async def get_pubs(self:ConKernelClient,
 @patch
 async def wait_for_ready(self:ConKernelClient, timeout:float|None=None):
     "Wait until the kernel answers the handshake, then drop unclaimed iopub messages; `RuntimeError` as jupyter_client raises"
-    starting = self._starting is not None and not self._starting.done() # then wait for that start-up, not a second one
-    try: await asyncio.wait_for(asyncio.shield(self._starting) if starting else self._until_answered(), timeout)
+    starting = self._starting # if it is under way, wait for that start-up, not a second one
+    try: await asyncio.wait_for(asyncio.shield(starting) if starting is not None and not starting.done() else self._until_answered(), timeout)
     except (asyncio.TimeoutError, TimeoutError): raise RuntimeError(f"Kernel didn't respond in {timeout} seconds") from None
     except KernelDiedError: raise RuntimeError("Kernel died before replying to kernel_info") from None
     self.iopub_channel.inbox.clear()

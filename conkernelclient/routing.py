@@ -24,13 +24,17 @@ __all__ = ['Router', 'ReplyFuture', 'Follower', 'is_idle']
 class _Entry:
     "A message the inbox keeps: its parent msg_id, and the message, or its frames and whether they passed their check"
     __slots__ = ('mid', 'item', 'checked')
-    def __init__(self, mid:str|None, item:dict|list[bytes], checked:bool): self.mid,self.item,self.checked = mid,item,checked
+    def __init__(self, mid:str|None, item:dict|list[bytes]|None, checked:bool): self.mid,self.item,self.checked = mid,item,checked
+
+def _no_frames(frames:list[bytes], checked:bool) -> dict:
+    "The `decode` of an inbox that keeps messages only"
+    raise TypeError("this inbox was given no decode, so it keeps messages, not frames")
 
 class Inbox:
     "Bounded FIFO of unclaimed messages, read with jupyter_client's `get_msg` semantics"
     def __init__(self,
                  maxlen:int=100_000, # messages kept; past this the oldest is dropped and counted in `dropped`
-                 decode:Callable[[list[bytes],bool],dict]|None=None): # makes the message dict of frames kept undecoded: `decode(frames, checked)`
+                 decode:Callable[[list[bytes],bool],dict]=_no_frames): # makes the message dict of frames kept undecoded: `decode(frames, checked)`
         self.msgs:deque[_Entry] = deque()
         self.maxlen,self.decode,self.dropped = maxlen,decode,0
         self.closed:ConKernelError|None = None
@@ -63,11 +67,13 @@ def _open(self:Inbox, entry:_Entry) -> dict|None:
     "The message of `entry`, decoded (and checked, unless it was) once and kept there; None if it cannot be (logged once)"
     item = entry.item
     if item is None or isinstance(item, dict): return item
-    try: entry.item = self.decode(item, entry.checked)
+    msg:dict|None
+    try: msg = self.decode(item, entry.checked)
     except Exception as e:
         log.warning("skipped an unreadable message: %r", e)
-        entry.item = None
-    return entry.item
+        msg = None
+    entry.item = msg
+    return msg
 
 @patch
 def __iter__(self:Inbox) -> Iterator[dict]:
@@ -82,7 +88,7 @@ def clear(self:Inbox):
 @patch
 def drain(self:Inbox) -> list[dict]:
     "Take every message kept"
-    msgs = list(self)
+    msgs = list(self) # type: ignore[call-overload] # `__iter__` is patched on, unseen by mypy
     self.clear()
     return msgs
 
@@ -307,6 +313,7 @@ def follow(self:Router, mid:str,
 @patch
 def _hand(self:Router, fol:Follower, msg:dict):
     "Give `msg` to follower `fol`: resolve it if `on_msg` says so, fail it if `on_msg` raises"
+    err:Exception|None
     try: hit = fol.on_msg(msg)
     except Exception as e: hit, err = False, e
     else: err = None

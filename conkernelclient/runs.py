@@ -8,7 +8,7 @@ Docs: https://conkernelclient.github.io/conkernelclient/runs.html.md"""
 from __future__ import annotations
 import asyncio, contextlib, inspect, logging, weakref
 from collections import deque
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, cast
 
 from fastcore.basics import patch
 from conkernelclient.errors import ChannelsClosedError, ConKernelError, KernelDiedError, SubshellsUnsupportedError
@@ -34,6 +34,7 @@ def _output(msg:dict) -> dict|None:
     if kind == 'execute_result':
         return {'output_type': kind, 'data': c['data'], 'metadata': c.get('metadata', {}), 'execution_count': c.get('execution_count')}
     if kind == 'error': return {'output_type': kind, 'ename': c['ename'], 'evalue': c['evalue'], 'traceback': c.get('traceback', [])}
+    return None
 
 # %% ../nbs/06_runs.ipynb #2ba94591
 class Outputs(list):
@@ -287,6 +288,7 @@ async def _answer(self:Run, req:dict):
     "Ask the handler for the value input_request `req` wants and send it; send `EOF` if the handler fails"
     c = req['content']
     try:
+        assert self.input is not None, "only a run with an input handler answers" # see `_on_stdin`
         value = self.input(c.get('prompt', ''), c.get('password', False))
         if inspect.isawaitable(value): value = await value
         if not isinstance(value, str): raise TypeError(f"the input handler returned a {type(value).__name__}, not a str")
@@ -387,7 +389,7 @@ def run(self:ConKernelClient, code:str,
     self.shell_channel.check_loop()
     run = Run(self, msg, timeout, input, idle_grace, held)
     run._start()
-    if on_timeout == 'interrupt': run._reply_fut.add_done_callback(self._stop_on_timeout)
+    if on_timeout == 'interrupt': cast(ReplyFuture, run._reply_fut).add_done_callback(self._stop_on_timeout) # `_start` made it
     return run
 
 # %% ../nbs/06_runs.ipynb #27bd497c
@@ -404,7 +406,7 @@ class Interactive(Run):
         except Exception as e: # a hook that raises ends the run with its error
             self._finish(e)
             return True
-        return super()._on_pub(msg)
+        return super()._on_pub(msg) # type: ignore[misc] # `Run._on_pub` is patched on, unseen by mypy
 
     def _on_stdin(self, msg:dict):
         res = self.stdin_hook(msg)
@@ -433,7 +435,7 @@ async def execute_interactive(self:ConKernelClient, code:str, silent:bool=False,
     self.shell_channel.check_loop()
     run = Interactive(self, msg, timeout, output_hook or self._output_hook_default, stdin_hook or self._stdin_hook_default)
     run._start()
-    try: return (await run).reply
+    try: return (await run).reply # type: ignore[misc] # `Run.__await__` is patched on, unseen by mypy
     except TimeoutError: raise TimeoutError(f"Timeout waiting for {'reply' if run.idle else 'output'}") from None
 
 # %% ../nbs/06_runs.ipynb #87f4f114
