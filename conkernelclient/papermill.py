@@ -21,7 +21,8 @@ from traitlets import Unicode, default
 
 from conkernelclient.errors import ConKernelError, KernelDiedError
 from conkernelclient.channel import _retrieved
-from conkernelclient.core import _INTERRUPTED, ConKernelClient, ConKernelManager
+from conkernelclient.cancel import _INTERRUPTED
+from conkernelclient.core import ConKernelClient, ConKernelManager
 from conkernelclient.server import KernelNotFoundError, Server, call
 from conkernelclient.remote import RemoteKernelManager
 
