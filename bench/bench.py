@@ -56,14 +56,14 @@ was answered `ok` by its own reply: a row's `answered` equals its `sent` (for th
 that is what the table counts).
 """
 from __future__ import annotations
-import argparse, asyncio, gc, hashlib, hmac, json, logging, os, platform, statistics, subprocess, sys, threading, time, tracemalloc, uuid
+import argparse, asyncio, gc, hashlib, hmac, json, logging, os, platform, socket, statistics, subprocess, sys, threading, time, tracemalloc, uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, requires, version
 from pathlib import Path
 from queue import Empty
 from typing import Awaitable, Callable
@@ -83,7 +83,7 @@ from conkernelclient.channel import unbounded_context
 from conkernelclient.core import ConKernelClient, ConKernelManager
 from conkernelclient.routing import is_idle
 from conkernelclient.session import ConSession
-from conkernelclient.remote import LocalServer, RemoteKernelManager
+from conkernelclient.remote import V1, LocalServer, RemoteKernelManager, v1_pack, v1_unpack
 from conkernelclient.stubkernel import StubKernelSpecManager, stub_spec
 
 log = logging.getLogger(__name__)
@@ -659,6 +659,143 @@ async def _websocket(srv:LocalServer, name:str, plan:Plan) -> list[dict]:
                 finally: await kc.astop_channels()
     finally: await km.shutdown_kernel()
     return [dict(_row(name, CON, k, costs, ok), transport=t) for (t, k), (costs, ok) in tally.items()]
+
+WS_LIBRARIES = ('tornado', 'websockets', 'picows', 'aiohttp') # the websocket client libraries compared
+LIBRARY_DISTS = {'tornado': 'tornado', 'websockets': 'websockets', 'picows': 'picows', 'aiohttp': 'aiohttp'} # -> its distribution
+
+class RawWebsocket:
+    """The kernel websocket at `url` through one websocket library, doing only what every client must: send v1 messages,
+    and read the channel and parent msg_id of each one that arrives. No routing: the libraries' own costs side by side"""
+    library = ''
+    def __init__(self, url:str, headers:dict[str,str]):
+        self.url, self.headers, self.session = url, headers, ConSession(key=b'')
+        self.waiting, self.last, self.idle, self.done = set(), None, True, None
+        self.quickack, self.sock = False, None # one at a time, each message is acknowledged at once (see the Remote kernels table)
+
+    def got(self, data:bytes) -> bool:
+        "Read one message that arrived; is the batch answered (every reply, and the last request's `idle`)?"
+        if self.quickack: self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        ch, frames = v1_unpack(data)
+        if ch == 'shell': self.waiting.discard(self.session.unpack(frames[1]).get('msg_id'))
+        elif ch == 'iopub' and b'"idle"' in frames[3]: self.idle = self.idle or self.session.unpack(frames[1]).get('msg_id') == self.last
+        return not self.waiting and self.idle
+
+    async def batch(self, n:int) -> int:
+        "Send `n` execute requests, then read until each has its reply and the last its `idle`; how many were answered?"
+        self.done, self.idle = asyncio.get_running_loop().create_future(), False
+        for _ in range(n):
+            msg = self.session.msg('execute_request', dict(code=CODE, silent=False, store_history=True, user_expressions={},
+                                                           allow_stdin=False, stop_on_error=True))
+            self.last = msg['header']['msg_id']
+            self.waiting.add(self.last)
+            parts = [self.session.pack(msg[k]) for k in ('header', 'parent_header', 'metadata', 'content')]
+            await self.send(v1_pack('shell', parts))
+        await asyncio.wait_for(self.receive(), 60)
+        return n - len(self.waiting)
+
+    async def one_by_one(self, n:int) -> int:
+        "Send `n` requests, each once the one before is answered; how many were?"
+        return sum([await self.batch(1) for _ in range(n)])
+
+    async def receive(self):
+        "Read what arrives until the batch is answered"
+        await self.done
+
+    def answered(self): self.done.done() or self.done.set_result(None)
+
+class TornadoWebsocket(RawWebsocket):
+    "tornado's `websocket_connect`, with a callback per message (the library before issue 22)"
+    library = 'tornado'
+    async def open(self):
+        from tornado.httpclient import HTTPRequest
+        from tornado.websocket import websocket_connect
+        self.conn = await websocket_connect(HTTPRequest(self.url, headers=self.headers), subprotocols=[V1], max_message_size=2**31 - 1,
+                                            on_message_callback=lambda data: data is not None and self.got(data) and self.answered())
+        self.sock = self.conn.stream.socket
+    async def send(self, data:bytes): self.conn.write_message(data, binary=True)
+    async def close(self): self.conn.close()
+
+class WebsocketsWebsocket(RawWebsocket):
+    "websockets' asyncio client (C-accelerated masking), read with `recv()`"
+    library = 'websockets'
+    async def open(self):
+        from websockets.asyncio.client import connect
+        self.conn = await connect(self.url, additional_headers=self.headers, subprotocols=[V1], compression=None, max_size=None,
+                                  ping_interval=None, proxy=None)
+        self.sock = self.conn.transport.get_extra_info('socket')
+    async def send(self, data:bytes): await self.conn.send(data)
+    async def receive(self):
+        while not self.got(await self.conn.recv()): pass
+    async def close(self): await self.conn.close()
+
+class PicowsWebsocket(RawWebsocket):
+    "picows (Cython), with a callback per frame"
+    library = 'picows'
+    async def open(self):
+        from picows import WSListener, WSMsgType, ws_connect
+        raw = self
+        class Listener(WSListener):
+            def on_ws_frame(self, transport, frame):
+                if frame.msg_type == WSMsgType.BINARY and raw.got(frame.get_payload_as_bytes()): raw.answered()
+        self.binary = WSMsgType.BINARY
+        self.conn, _ = await ws_connect(Listener, self.url, extra_headers=self.headers | {'Sec-WebSocket-Protocol': V1},
+                                        max_frame_size=2**31 - 1)
+        self.sock = self.conn.underlying_transport.get_extra_info('socket')
+    async def send(self, data:bytes): self.conn.send(self.binary, data)
+    async def close(self): self.conn.disconnect()
+
+class AiohttpWebsocket(RawWebsocket):
+    "aiohttp's client (a Cython frame reader), read with `receive()`"
+    library = 'aiohttp'
+    async def open(self):
+        import aiohttp
+        self.http = aiohttp.ClientSession()
+        self.conn = await self.http.ws_connect(self.url, headers=self.headers, protocols=[V1], max_msg_size=0, autoping=True)
+        self.sock = self.conn.get_extra_info('socket')
+    async def send(self, data:bytes): await self.conn.send_bytes(data)
+    async def receive(self):
+        while not self.got((await self.conn.receive()).data): pass
+    async def close(self):
+        await self.conn.close()
+        await self.http.close()
+
+RAW_WEBSOCKETS = {cls.library: cls for cls in (TornadoWebsocket, WebsocketsWebsocket, PicowsWebsocket, AiohttpWebsocket)}
+
+def _adds(dist:str) -> list[str]:
+    "The distributions installing `dist` adds to those conkernelclient needs already, `dist` first"
+    from packaging.requirements import Requirement
+    def needs(name:str, seen:set) -> set:
+        if name in seen: return seen
+        seen.add(name)
+        for line in requires(name) or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({'extra': ''}): needs(canonicalize_name(req.name), seen)
+        return seen
+    from packaging.utils import canonicalize_name
+    have = needs('conkernelclient', set())
+    return [canonicalize_name(dist), *sorted(needs(canonicalize_name(dist), set()) - have - {canonicalize_name(dist)})] \
+        if canonicalize_name(dist) not in have else []
+
+async def _ws_libraries(srv:LocalServer, plan:Plan) -> list[dict]:
+    "Each websocket library's `RawWebsocket` on one stub kernel of the server `srv`: one request at a time, and 1,000 pipelined"
+    km = RemoteKernelManager(srv.url, srv.token, kernel_name='stub')
+    await km.start_kernel()
+    url = f"{srv.url.replace('http', 'ws', 1)}/api/kernels/{km.kernel_id}/channels?session_id={uuid.uuid4().hex}"
+    n, tally = 1_000, {}
+    try:
+        for _ in range(plan.repeats):
+            for lib, cls in RAW_WEBSOCKETS.items():
+                ws = cls(url, {'Authorization': f'token {srv.token}'})
+                await ws.open()
+                try:
+                    await ws.batch(100)
+                    ws.quickack = True
+                    await _time_runs({(lib, 1): (ws.one_by_one, min(plan.remote_requests, 50), 1)}, None, _nothing, tally)
+                    ws.quickack = False
+                    await _time_runs({(lib, n): (ws.batch, n, max(1, plan.stub_requests // n))}, None, _nothing, tally)
+                finally: await ws.close()
+    finally: await km.shutdown_kernel()
+    return [dict(_row('stub', lib, k, costs, ok), adds=_adds(LIBRARY_DISTS[lib])) for (lib, k), (costs, ok) in tally.items()]
 
 GATEWAY, DATALAYER, REMOTE = 'GatewayKernelClient (jupyter_server)', 'jupyter-kernel-client (datalayer)', 'RemoteKernelClient'
 CALLERS = 10 # coroutines sharing one client in the Remote clients table
