@@ -195,7 +195,11 @@ async def _connect(self:KernelWebsocket):
         if e.response is None: raise _unreachable(self.server, e) from None
         raise await _refused(self.server, _answer(req, e), f"the websocket of kernel {self.kernel_id}") from None
     except TimeoutError: raise ServerTimeoutError(f"{self.server.url} did not answer the websocket upgrade in time") from None
+    except ConnectionRefusedError as e: # asyncio says "Connect call failed": say what happened, as for REST
+        raise _unreachable(self.server, ConnectionRefusedError(e.errno, os.strerror(e.errno))) from None
     except OSError as e: raise _unreachable(self.server, e) from None
+    if conn.is_disconnected: # picows returns, without an error, a connection that closed before the upgrade's answer
+        raise ServerUnreachableError(f"{self.server.url} closed the connection during the websocket upgrade")
     headers = HTTPHeaders()
     for k, v in conn.response.headers.items(): headers.add(k, v)
     self.server.took(headers)
