@@ -199,7 +199,10 @@ async def _connect(self:KernelWebsocket):
         raise _unreachable(self.server, ConnectionRefusedError(e.errno, os.strerror(e.errno))) from None
     except OSError as e: raise _unreachable(self.server, e) from None
     if conn.is_disconnected: # picows returns, without an error, a connection that closed before the upgrade's answer
-        raise ServerUnreachableError(f"{self.server.url} closed the connection during the websocket upgrade")
+        said = f"{self.server.url} closed the connection during the websocket upgrade"
+        if req.url.startswith('wss:') and self.server.client_cert is None: # TLS 1.3 refuses a missing client certificate so
+            raise ServerTLSError(f"{said}: if it wants a client certificate, pass client_cert= and client_key=")
+        raise ServerUnreachableError(said)
     headers = HTTPHeaders()
     for k, v in conn.response.headers.items(): headers.add(k, v)
     self.server.took(headers)
