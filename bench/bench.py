@@ -34,7 +34,11 @@ what encryption costs: ConKernelClient on ipykernel and async-kernel started ove
 what cancellable requests cost (each alone on the shell in the kernel) beside pipelined ones; ConKernelClient
 under asyncio's own event loop and under uvloop; and
 what a Jupyter Server in between costs: the stub kernel and ipykernel behind a real `jupyter server`, reached through
-its websocket (with and without TCP_QUICKACK) and over ZMQ straight to the kernel.
+its websocket (with and without TCP_QUICKACK) and over ZMQ straight to the kernel. What the websocket library itself
+costs: the same stub kernel behind that server, reached by a bare client (`RawWebsocket`: send v1 messages, read each
+one's channel and parent msg_id, no routing) written on each of tornado's, websockets', picows' and aiohttp's clients,
+one request at a time (each read acknowledged at once, as one at a time needs) and 1,000 pipelined; and which packages
+each library adds to conkernelclient's other dependencies.
 ConKernelManager encrypts every kernel whose spec supports it, so the real kernels' rows are all encrypted ones.
 
 The remote clients, side by side on that server and one kernel (stub and ipykernel), each connected alone (the server
@@ -76,6 +80,8 @@ from jupyter_client.session import DELIM, Session, has_orjson
 from jupyter_kernel_client import KernelHttpManager, KernelWebSocketClient
 from jupyter_server.gateway.gateway_client import GatewayClient
 from jupyter_server.gateway.managers import GatewayKernelManager
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from traitlets import default
 
 import conkernelclient.requests # adds `request`, `create_subshell` and `delete_subshell` to ConKernelClient
@@ -660,8 +666,7 @@ async def _websocket(srv:LocalServer, name:str, plan:Plan) -> list[dict]:
     finally: await km.shutdown_kernel()
     return [dict(_row(name, CON, k, costs, ok), transport=t) for (t, k), (costs, ok) in tally.items()]
 
-WS_LIBRARIES = ('tornado', 'websockets', 'picows', 'aiohttp') # the websocket client libraries compared
-LIBRARY_DISTS = {'tornado': 'tornado', 'websockets': 'websockets', 'picows': 'picows', 'aiohttp': 'aiohttp'} # -> its distribution
+WS_LIBRARIES = ('tornado', 'websockets', 'picows', 'aiohttp') # the websocket client libraries compared, as distributions
 
 class RawWebsocket:
     """The kernel websocket at `url` through one websocket library, doing only what every client must: send v1 messages,
@@ -760,21 +765,24 @@ class AiohttpWebsocket(RawWebsocket):
         await self.http.close()
 
 RAW_WEBSOCKETS = {cls.library: cls for cls in (TornadoWebsocket, WebsocketsWebsocket, PicowsWebsocket, AiohttpWebsocket)}
+assert tuple(RAW_WEBSOCKETS) == WS_LIBRARIES
+
+def _needs(dist:str, seen:set[str]) -> set[str]:
+    "`seen`, with `dist` and every distribution it requires, through theirs (extras left out)"
+    if (dist := canonicalize_name(dist)) in seen: return seen
+    seen.add(dist)
+    for line in requires(dist) or []:
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate({'extra': ''}): _needs(req.name, seen)
+    return seen
 
 def _adds(dist:str) -> list[str]:
-    "The distributions installing `dist` adds to those conkernelclient needs already, `dist` first"
-    from packaging.requirements import Requirement
-    def needs(name:str, seen:set) -> set:
-        if name in seen: return seen
-        seen.add(name)
-        for line in requires(name) or []:
-            req = Requirement(line)
-            if req.marker is None or req.marker.evaluate({'extra': ''}): needs(canonicalize_name(req.name), seen)
-        return seen
-    from packaging.utils import canonicalize_name
-    have = needs('conkernelclient', set())
-    return [canonicalize_name(dist), *sorted(needs(canonicalize_name(dist), set()) - have - {canonicalize_name(dist)})] \
-        if canonicalize_name(dist) not in have else []
+    "The distributions the websocket library `dist` brings beyond conkernelclient's other dependencies, `dist` first"
+    have, name = set(), canonicalize_name(dist)
+    for line in requires('conkernelclient'):
+        req = Requirement(line)
+        if (req.marker is None or req.marker.evaluate({'extra': ''})) and canonicalize_name(req.name) not in WS_LIBRARIES: _needs(req.name, have)
+    return [] if name in have else [name, *sorted(_needs(name, set()) - have - {name})]
 
 async def _ws_libraries(srv:LocalServer, plan:Plan) -> list[dict]:
     "Each websocket library's `RawWebsocket` on one stub kernel of the server `srv`: one request at a time, and 1,000 pipelined"
@@ -795,7 +803,8 @@ async def _ws_libraries(srv:LocalServer, plan:Plan) -> list[dict]:
                     await _time_runs({(lib, n): (ws.batch, n, max(1, plan.stub_requests // n))}, None, _nothing, tally)
                 finally: await ws.close()
     finally: await km.shutdown_kernel()
-    return [dict(_row('stub', lib, k, costs, ok), adds=_adds(LIBRARY_DISTS[lib])) for (lib, k), (costs, ok) in tally.items()]
+    return [dict(_row('stub', RawWebsocket.__name__, k, costs, ok), library=lib, adds=_adds(lib))
+            for (lib, k), (costs, ok) in tally.items()]
 
 GATEWAY, DATALAYER, REMOTE = 'GatewayKernelClient (jupyter_server)', 'jupyter-kernel-client (datalayer)', 'RemoteKernelClient'
 CALLERS = 10 # coroutines sharing one client in the Remote clients table
@@ -1018,6 +1027,8 @@ async def _served(name:str, plan:Plan) -> dict:
     async with LocalServer('server', kernels={'stub': stub_spec()}) as srv:
         log.info("%s: behind a Jupyter Server", name)
         res = dict(websocket=await _websocket(srv, name, plan))
+        if name == 'stub': log.info("%s: websocket libraries", name)
+        res['ws_libraries'] = await _ws_libraries(srv, plan) if name == 'stub' else []
         log.info("%s: remote clients", name)
         res['remote_clients'] = await _remote_clients(srv, name, plan)
         if name == 'stub': log.info("%s: many kernels", name)
@@ -1047,13 +1058,13 @@ async def bench_kernel(km:ConKernelManager, name:str, plan:Plan) -> dict:
                 cancellable=[] if name == 'stub' else await _cancellable(km, name, plan),
                 loops=await _loops(km, name, plan),
                 json=await _json(km, name, plan),
-                **(await _served(name, plan) if name in SERVED else dict(websocket=[], remote_clients=[], many=[])))
+                **(await _served(name, plan) if name in SERVED else dict(websocket=[], ws_libraries=[], remote_clients=[], many=[])))
 
 def _versions() -> dict:
     "Versions of Python and of the packages measured"
     out = {'python': platform.python_version()}
     for pkg in ('conkernelclient', 'jupyter_client', 'pyzmq', 'ipykernel', 'async-kernel', 'orjson', 'uvloop', 'jupyter_server',
-                'jupyter-kernel-client', 'websocket-client'):
+                'jupyter-kernel-client', 'websocket-client', 'tornado', 'picows', 'websockets', 'aiohttp'):
         try: out[pkg] = version(pkg)
         except PackageNotFoundError: out[pkg] = None
     return out
@@ -1078,6 +1089,13 @@ def _untimed_target(kernel:str, rows:list[dict], limit:float) -> dict:
     most = max((r['in_flight'] for r in rows if r['client'] == CON), default=0)
     return _target(f"client CPU per request, {most:,} pipelined, vs the floor without timeouts ({KERNEL_NAMES.get(kernel, kernel)})",
                    _ratio(_cpu_of(rows, CON, most), _cpu_of(rows, PLAIN_UNTIMED, most)), limit)
+
+def _websocket_targets(rows:list[dict]) -> list[dict]:
+    "Per kernel behind the server and number in flight: client CPU per request through the websocket, vs ZMQ straight to the kernel"
+    cpu = {(r['kernel'], r['transport'], r['in_flight']): r['cpu_us'] for r in rows}
+    return [_target(f"client CPU per request through the websocket, {n:,} in flight, vs ZMQ direct ({KERNEL_NAMES.get(k, k)})",
+                    _ratio(cpu.get((k, WS, n)), cpu.get((k, ZMQ, n))), 1.0)
+            for k, n in dict.fromkeys((r['kernel'], r['in_flight']) for r in rows)]
 
 def _many_targets(rows:list[dict]) -> list[dict]:
     "Per transport: client CPU per request with the most stub kernels driven at once, vs one"
@@ -1107,6 +1125,7 @@ def targets(per_kernel:dict) -> list[dict]:
             _target(f"memory held for unread iopub messages after {unread['requests'] if unread else 0:,} requests",
                     unread and unread['inbox_mb'], 5, 'MB'),
             *(_untimed_target(k, res['throughput'], 1.0) for k, res in per_kernel.items() if k != 'stub'),
+            *_websocket_targets([r for res in per_kernel.values() for r in res.get('websocket', [])]),
             *_many_targets(stub.get('many', []))]
 
 def results(per_kernel:dict, plan:Plan, command:str=COMMAND) -> dict:
@@ -1114,7 +1133,7 @@ def results(per_kernel:dict, plan:Plan, command:str=COMMAND) -> dict:
     meta = dict(command=command, date=datetime.now(timezone.utc).isoformat(timespec='seconds'), commit=_commit(),
                 machine=f'{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs', versions=_versions())
     return dict(meta=meta, plan=asdict(plan), targets=targets(per_kernel),
-                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'send_path', 'unread', 'concurrency', 'encryption', 'cancellable', 'loops', 'json', 'websocket', 'remote_clients', 'many')})
+                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'send_path', 'unread', 'concurrency', 'encryption', 'cancellable', 'loops', 'json', 'websocket', 'ws_libraries', 'remote_clients', 'many')})
 
 KERNEL_NAMES = {'stub': 'stub kernel (client-bound)', 'python3': 'ipykernel', 'async': 'async-kernel'}
 
@@ -1215,6 +1234,16 @@ def _websocket_md(rows:list[dict]) -> list[str]:
     return _versus_md(rows, 'transport', 'transport', ZMQ, ['wall_us', 'cpu_us'], 'cpu_us', 'client CPU vs ZMQ direct',
                       key=lambda r: (r['kernel'], r['in_flight'], WS_TRANSPORTS.index(r['transport'])))
 
+def _ws_libraries_md(rows:list[dict]) -> list[str]:
+    "The websocket-libraries table"
+    body = []
+    for r in rows:
+        ref = next(b for b in rows if b['library'] == WS_LIBRARIES[0] and b['in_flight'] == r['in_flight'])
+        body.append([r['library'], _f(r['in_flight']), _f(r['requests_per_s']), _f(r['wall_us']), _f(r['cpu_us']),
+                     _f(_ratio(r['cpu_us'], ref['cpu_us']), '{:.2f}×'), ', '.join(r['adds']) or 'nothing'])
+    return _table(['library', 'in flight', 'requests/s', 'wall µs/request', 'client CPU µs/request', f'client CPU vs {WS_LIBRARIES[0]}',
+                   "what it adds to conkernelclient's other dependencies"], body)
+
 def _remote_clients_md(rows:list[dict]) -> list[str]:
     "The remote-clients table"
     body = []
@@ -1285,6 +1314,13 @@ def markdown(res:dict) -> str:
             "`RemoteKernelClient` through the server's kernel websocket (v1 protocol), with and without `TCP_QUICKACK`, "
             'and `ConKernelClient` over ZMQ straight to the same kernel, through its connection file. The server runs '
             'kernels unencrypted, as jupyter_server does by default.', '', *_websocket_md(res['websocket']),
+            '', '## Websocket libraries', '', "The websocket client library alone, on the stub kernel behind the same "
+            "server: a bare client (send v1 messages, read each one's channel and parent msg_id; no routing) on each "
+            "library's client, one request at a time (each message acknowledged at once, `TCP_QUICKACK`, as one at a "
+            "time needs) and 1,000 pipelined. tornado's is what `RemoteKernelClient` used before issue 22 (a callback per "
+            "message), picows' what it uses now (a callback per frame, from the read of the socket); websockets and aiohttp "
+            "are read with `recv()` / `receive()`. The last column lists the packages each library adds to "
+            "conkernelclient's other dependencies (jupyter_client needs tornado).", '', *_ws_libraries_md(res['ws_libraries']),
             '', '## Remote clients', '', "Three clients of the same kernel on the same `jupyter server`, one after another: "
             "jupyter_server's own `GatewayKernelClient` (made by its `GatewayKernelManager`, set up by `GatewayClient`; it "
             "sends no token on its websocket, so the benchmark adds the server's token to its handshake), datalayer's "

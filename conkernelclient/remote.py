@@ -53,15 +53,16 @@ V1 = 'v1.kernel.websocket.jupyter.org'
 
 def v1_pack(channel:str, frames:list[bytes]) -> bytes:
     "The v1 websocket message carrying `frames` on `channel`"
+    name = channel.encode()
     offsets = [8 * (len(frames) + 3)]
-    for part in (channel.encode(), *frames): offsets.append(offsets[-1] + len(part))
-    return b''.join([len(offsets).to_bytes(8, 'little'), *(o.to_bytes(8, 'little') for o in offsets), channel.encode(), *frames])
+    for part in (name, *frames): offsets.append(offsets[-1] + len(part))
+    return b''.join([struct.pack(f'<{len(offsets) + 1}Q', len(offsets), *offsets), name, *frames])
 
 def v1_unpack(data:bytes) -> tuple[str,list[bytes]]:
     "The channel and frames of v1 websocket message `data`"
     n = int.from_bytes(data[:8], 'little')
-    offsets = [int.from_bytes(data[8 * i:8 * i + 8], 'little') for i in range(1, n + 1)]
-    return data[offsets[0]:offsets[1]].decode(), [data[a:b] for a, b in zip(offsets[1:], offsets[2:])]
+    offsets = struct.unpack_from(f'<{n}Q', data, 8) # one call for all of them: half the time of reading each
+    return data[offsets[0]:offsets[1]].decode(), [data[offsets[i]:offsets[i + 1]] for i in range(1, n - 1)]
 
 # %% ../nbs/08_remote.ipynb #3df6de26
 def legacy_pack(channel:str, msg:dict) -> str|bytes:

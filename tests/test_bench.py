@@ -175,6 +175,15 @@ def test_websocket(res):
     assert all(r['answered'] == r['sent'] > 0 and r['cpu_us'] > 0 for r in rows)
 
 
+def test_ws_libraries(res):
+    "Each websocket library's bare client on the stub kernel behind the server, one at a time and 1,000 pipelined, every request answered"
+    rows = res['ws_libraries']
+    assert [(r['library'], r['in_flight']) for r in rows] == [(lib, n) for lib in ('tornado', 'websockets', 'picows', 'aiohttp') for n in (1, 1000)]
+    assert all(r['kernel'] == 'stub' and r['answered'] == r['sent'] > 0 and r['cpu_us'] > 0 for r in rows)
+    assert [r['adds'] for r in rows if r['library'] == 'tornado'] == [[], []] # jupyter_client's own
+    assert all(r['adds'][0] == r['library'] for r in rows if r['library'] != 'tornado')
+
+
 def test_remote_clients(res):
     """Each peer on the stub kernel and ipykernel behind one server: every sequential request answered by its own reply;
     every shared request accounted for, and RemoteKernelClient's each answered by its own; a first reply after a start"""
