@@ -114,6 +114,9 @@ class KernelWebsocket:
         self.heard = time.monotonic() # when the last message came
         self.parts:list[bytes] = [] # the frames so far of a message that came in several
         self.text = False # is that message text (the legacy protocol's JSON)?
+        self.awaited:int|None = None # replies awaited when the current read of the socket began
+        self.reads = 0 # reads of the socket so far, while it acknowledges
+        self.watch:asyncio.TimerHandle|None = None # the timer that acknowledges once the socket is quiet (`_quiet`)
 
     def __repr__(self): return f"KernelWebsocket({self.server.url}, {self.kernel_id})"
 
@@ -121,8 +124,10 @@ class KernelWebsocket:
 _QUICKACK = getattr(socket, 'TCP_QUICKACK', None) # Linux only
 
 def _quickack(sock:socket.socket):
-    "Acknowledge what arrived on `sock` at once, instead of after the delayed-ACK timer (Linux)"
-    try: sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+    "Acknowledge what arrived on `sock` now, and delay the ACKs of what comes next as before (Linux)"
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1) # sends the ACK the kernel was delaying...
+        sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 0) # ...without staying in its quick-ACK mode, which would ACK every segment
     except OSError: pass
 
 class _Listener(WSListener):
@@ -137,7 +142,7 @@ class _Listener(WSListener):
         ws.protocol = 'v1' if transport.response.headers.get('Sec-WebSocket-Protocol') == V1 else 'legacy'
         ws.sock = transport.underlying_transport.get_extra_info('socket') if ws.quickack and _QUICKACK is not None else None
         if ws.sock is not None: _quickack(ws.sock)
-        ws.parts = []
+        ws.parts, ws.awaited = [], None
 
     def on_ws_frame(self, transport, frame): self.ws._on_frame(transport, frame)
 
@@ -244,10 +249,12 @@ async def _run(self:KernelWebsocket):
 # %% ../nbs/08_remote.ipynb #a3df99a4
 _DATA = (WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CONTINUATION)
 _FEW = 4 # requests awaiting replies, at most, for a read to be acknowledged at once
+_QUIET = 0.003 # seconds without a read after which what came last is acknowledged (the delayed ACK's is 0.04)
 
 @patch
 def _on_frame(self:KernelWebsocket, transport, frame):
-    "Put each message together from its frames and deliver it; at the end of a read, acknowledge it at once if few replies are awaited"
+    "Put each message together from its frames and deliver it; at the end of a read, acknowledge it now or once the socket is quiet"
+    if self.awaited is None: self.awaited = sum(len(ch.unanswered) for ch in self.channels.values()) # the read's first frame
     kind = frame.msg_type
     if kind == WSMsgType.BINARY and frame.fin and not self.parts: self._on_message(frame.get_payload_as_bytes()) # the usual case
     elif kind in _DATA:
@@ -260,8 +267,19 @@ def _on_frame(self:KernelWebsocket, transport, frame):
     elif kind == WSMsgType.CLOSE:
         transport.send_close(frame.get_close_code())
         transport.disconnect()
-    if frame.last_in_buffer and self.sock is not None and sum(len(ch.unanswered) for ch in self.channels.values()) <= _FEW:
-        _quickack(self.sock)
+    if frame.last_in_buffer and self.sock is not None:
+        self.reads += 1
+        if 0 < self.awaited <= _FEW: _quickack(self.sock)
+        elif self.watch is None: self.watch = asyncio.get_running_loop().call_later(_QUIET, self._quiet, self.reads)
+        self.awaited = None
+
+@patch
+def _quiet(self:KernelWebsocket, reads:int):
+    "The watch on a socket that read `reads` times when it began: acknowledge if no read came since, else watch on"
+    self.watch = None
+    if self.sock is None: return
+    if self.reads == reads: _quickack(self.sock)
+    else: self.watch = asyncio.get_running_loop().call_later(_QUIET, self._quiet, self.reads)
 
 @patch
 def _on_message(self:KernelWebsocket, data:str|bytes):
@@ -308,6 +326,7 @@ def _write(self:KernelWebsocket, channel:str, msg:dict):
 def close(self:KernelWebsocket):
     "Stop reconnecting and close the connection"
     if self.task is not None and self.task is not asyncio.current_task(): self.task.cancel()
+    if self.watch is not None: self.watch.cancel()
     if self.conn is not None:
         self.conn.send_close(WSCloseCode.OK)
         self.conn.disconnect()
