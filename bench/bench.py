@@ -89,7 +89,7 @@ from conkernelclient.channel import unbounded_context
 from conkernelclient.core import ConKernelClient, ConKernelManager
 from conkernelclient.routing import is_idle
 from conkernelclient.session import ConSession
-from conkernelclient.remote import V1, LocalServer, RemoteKernelManager, v1_pack, v1_unpack
+from conkernelclient.remote import V1, LocalServer, RemoteKernelManager, _keyless_session, v1_pack, v1_unpack
 from conkernelclient.stubkernel import StubKernelSpecManager, stub_spec
 
 log = logging.getLogger(__name__)
@@ -673,7 +673,7 @@ class RawWebsocket:
     and read the channel and parent msg_id of each one that arrives. No routing: the libraries' own costs side by side"""
     library = ''
     def __init__(self, url:str, headers:dict[str,str]):
-        self.url, self.headers, self.session = url, headers, ConSession(key=b'')
+        self.url, self.headers, self.session = url, headers, _keyless_session()
         self.waiting, self.last, self.idle, self.done = set(), None, True, None
         self.quickack, self.sock = False, None # one at a time, each message is acknowledged at once (see the Remote kernels table)
 

@@ -150,8 +150,10 @@ class _Listener(WSListener):
         if not self.dropped.done(): self.dropped.set_result(None)
 
 class _Scrubbed(logging.LoggerAdapter):
-    "picows' logger for connections to `server`, which scrubs the server's secrets (picows logs the upgrade request at its lowest level)"
+    """picows' logger for connections to `server`: it scrubs the server's secrets (picows logs the upgrade request at its
+    lowest level), and its info lines (each connection made and closed) are debug ones here, as the house logs expected events"""
     def log(self, level, msg, *args, **kwargs):
+        if level == logging.INFO: level = logging.DEBUG
         if self.isEnabledFor(level): self.logger.log(level, self.extra['server'].scrub(str(msg) % args if args else str(msg)), **kwargs)
 
 # %% ../nbs/08_remote.ipynb #4d70bd8e
@@ -254,7 +256,8 @@ _QUIET = 0.003 # seconds without a read after which what came last is acknowledg
 @patch
 def _on_frame(self:KernelWebsocket, transport, frame):
     "Put each message together from its frames and deliver it; at the end of a read, acknowledge it now or once the socket is quiet"
-    if self.awaited is None: self.awaited = sum(len(ch.unanswered) for ch in self.channels.values()) # the read's first frame
+    if self.sock is not None and self.awaited is None: # the read's first frame
+        self.awaited = sum(len(ch.unanswered) for ch in self.channels.values())
     kind = frame.msg_type
     if kind == WSMsgType.BINARY and frame.fin and not self.parts: self._on_message(frame.get_payload_as_bytes()) # the usual case
     elif kind in _DATA:
