@@ -151,9 +151,10 @@ class _Listener(WSListener):
 
 class _Scrubbed(logging.LoggerAdapter):
     """picows' logger for connections to `server`: it scrubs the server's secrets (picows logs the upgrade request at its
-    lowest level), and its info lines (each connection made and closed) are debug ones here, as the house logs expected events"""
+    lowest level); its info lines (each connection made and closed) and its warnings that writing pauses and resumes
+    (a large batch outrunning the socket: the rest waits in its buffer) are expected events, so debug ones here"""
     def log(self, level, msg, *args, **kwargs):
-        if level == logging.INFO: level = logging.DEBUG
+        if level == logging.INFO or str(msg).startswith('Protocol writing'): level = logging.DEBUG
         if self.isEnabledFor(level): self.logger.log(level, self.extra['server'].scrub(str(msg) % args if args else str(msg)), **kwargs)
 
 # %% ../nbs/08_remote.ipynb #4d70bd8e
