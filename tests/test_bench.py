@@ -209,9 +209,12 @@ def test_many_kernels(res):
 
 
 def test_targets(res):
-    "Every target has a value and a verdict (whatever it is): the stub kernel's, one per real kernel, one per many-kernels transport"
-    assert [t['unit'] for t in res['targets']] == ['×', '×', '×', '×', 'bytes', '×', '×', 'MB', '×', '×', '×', '×']
-    assert [t['target'].rsplit('(', 1)[-1] for t in res['targets'][8:]] == ['ipykernel)', 'async-kernel)', 'ZMQ, direct)', 'websocket)']
+    """Every target has a value and a verdict (whatever it is): the stub kernel's, one per real kernel, the websocket's
+    against ZMQ at 1 and the largest batch for each kernel behind the server, one per many-kernels transport"""
+    assert [t['unit'] for t in res['targets']] == ['×', '×', '×', '×', 'bytes', '×', '×', 'MB'] + ['×'] * 8
+    assert [t['target'].rsplit('(', 1)[-1] for t in res['targets'][8:]] == [
+        'ipykernel)', 'async-kernel)', 'client-bound))', 'client-bound))', 'ipykernel)', 'ipykernel)', 'ZMQ, direct)', 'websocket)']
+    assert [' 1 in flight' in t['target'] for t in res['targets'][10:14]] == [True, False, True, False]
     assert all(t['value'] > 0 and t['met'] in (True, False) for t in res['targets'])
 
 
@@ -225,6 +228,6 @@ def test_markdown_and_plot(res, out):
         rows = [l for l in section.split('\n## ')[0].splitlines() if l.startswith('| ')]
         assert len(rows) - 1 == sum(r['kernel'] == kernel for r in res['throughput']) # less the header row
     for head in ('## Targets', '## Output collection', '## Memory', '## Unread iopub', '## Send path', '## Concurrency', '## Encryption', '## Cancellable requests',
-                 '## Event loops', '## JSON libraries', '## Remote kernels', '## Remote clients', '## Many kernels'):
+                 '## Event loops', '## JSON libraries', '## Remote kernels', '## Websocket libraries', '## Remote clients', '## Many kernels'):
         assert f'\n{head}\n' in md
     assert (out/'bench.png').read_bytes()[:4] == b'\x89PNG'
