@@ -34,7 +34,11 @@ what encryption costs: ConKernelClient on ipykernel and async-kernel started ove
 what cancellable requests cost (each alone on the shell in the kernel) beside pipelined ones; ConKernelClient
 under asyncio's own event loop and under uvloop; and
 what a Jupyter Server in between costs: the stub kernel and ipykernel behind a real `jupyter server`, reached through
-its websocket (with and without TCP_QUICKACK) and over ZMQ straight to the kernel.
+its websocket (with and without TCP_QUICKACK) and over ZMQ straight to the kernel. What the websocket library itself
+costs: the same stub kernel behind that server, reached by a bare client (`RawWebsocket`: send v1 messages, read each
+one's channel and parent msg_id, no routing) written on each of tornado's, websockets', picows' and aiohttp's clients,
+one request at a time (each read acknowledged at once, as one at a time needs) and 1,000 pipelined; and which packages
+each library adds to conkernelclient's other dependencies.
 ConKernelManager encrypts every kernel whose spec supports it, so the real kernels' rows are all encrypted ones.
 
 The remote clients, side by side on that server and one kernel (stub and ipykernel), each connected alone (the server
@@ -56,14 +60,14 @@ was answered `ok` by its own reply: a row's `answered` equals its `sent` (for th
 that is what the table counts).
 """
 from __future__ import annotations
-import argparse, asyncio, gc, hashlib, hmac, json, logging, os, platform, statistics, subprocess, sys, threading, time, tracemalloc, uuid
+import argparse, asyncio, gc, hashlib, hmac, json, logging, os, platform, socket, statistics, subprocess, sys, threading, time, tracemalloc, uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, requires, version
 from pathlib import Path
 from queue import Empty
 from typing import Awaitable, Callable
@@ -76,6 +80,8 @@ from jupyter_client.session import DELIM, Session, has_orjson
 from jupyter_kernel_client import KernelHttpManager, KernelWebSocketClient
 from jupyter_server.gateway.gateway_client import GatewayClient
 from jupyter_server.gateway.managers import GatewayKernelManager
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from traitlets import default
 
 import conkernelclient.runs # adds `request`, `create_subshell` and `delete_subshell` to ConKernelClient
@@ -83,7 +89,7 @@ from conkernelclient.channel import unbounded_context
 from conkernelclient.core import ConKernelClient, ConKernelManager
 from conkernelclient.routing import is_idle
 from conkernelclient.session import ConSession
-from conkernelclient.remote import LocalServer, RemoteKernelManager
+from conkernelclient.remote import V1, LocalServer, RemoteKernelManager, _keyless_session, v1_pack, v1_unpack
 from conkernelclient.stubkernel import StubKernelSpecManager, stub_spec
 
 log = logging.getLogger(__name__)
@@ -680,6 +686,146 @@ async def _websocket(srv:LocalServer, name:str, plan:Plan) -> list[dict]:
     finally: await km.shutdown_kernel()
     return [dict(_row(name, CON, k, costs, ok), transport=t) for (t, k), (costs, ok) in tally.items()]
 
+WS_LIBRARIES = ('tornado', 'websockets', 'picows', 'aiohttp') # the websocket client libraries compared, as distributions
+
+class RawWebsocket:
+    """The kernel websocket at `url` through one websocket library, doing only what every client must: send v1 messages,
+    and read the channel and parent msg_id of each one that arrives. No routing: the libraries' own costs side by side"""
+    library = ''
+    def __init__(self, url:str, headers:dict[str,str]):
+        self.url, self.headers, self.session = url, headers, _keyless_session()
+        self.waiting, self.last, self.idle, self.done = set(), None, True, None
+        self.quickack, self.sock = False, None # one at a time, each message is acknowledged at once (see the Remote kernels table)
+
+    def got(self, data:bytes) -> bool:
+        "Read one message that arrived; is the batch answered (every reply, and the last request's `idle`)?"
+        if self.quickack: self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        ch, frames = v1_unpack(data)
+        if ch == 'shell': self.waiting.discard(self.session.unpack(frames[1]).get('msg_id'))
+        elif ch == 'iopub' and b'"idle"' in frames[3]: self.idle = self.idle or self.session.unpack(frames[1]).get('msg_id') == self.last
+        return not self.waiting and self.idle
+
+    async def batch(self, n:int) -> int:
+        "Send `n` execute requests, then read until each has its reply and the last its `idle`; how many were answered?"
+        self.done, self.idle = asyncio.get_running_loop().create_future(), False
+        for _ in range(n):
+            msg = self.session.msg('execute_request', dict(code=CODE, silent=False, store_history=True, user_expressions={},
+                                                           allow_stdin=False, stop_on_error=True))
+            self.last = msg['header']['msg_id']
+            self.waiting.add(self.last)
+            parts = [self.session.pack(msg[k]) for k in ('header', 'parent_header', 'metadata', 'content')]
+            await self.send(v1_pack('shell', parts))
+        await asyncio.wait_for(self.receive(), 60)
+        return n - len(self.waiting)
+
+    async def one_by_one(self, n:int) -> int:
+        "Send `n` requests, each once the one before is answered; how many were?"
+        return sum([await self.batch(1) for _ in range(n)])
+
+    async def receive(self):
+        "Read what arrives until the batch is answered"
+        await self.done
+
+    def answered(self): self.done.done() or self.done.set_result(None)
+
+class TornadoWebsocket(RawWebsocket):
+    "tornado's `websocket_connect`, with a callback per message (the library before issue 22)"
+    library = 'tornado'
+    async def open(self):
+        from tornado.httpclient import HTTPRequest
+        from tornado.websocket import websocket_connect
+        self.conn = await websocket_connect(HTTPRequest(self.url, headers=self.headers), subprotocols=[V1], max_message_size=2**31 - 1,
+                                            on_message_callback=lambda data: data is not None and self.got(data) and self.answered())
+        self.sock = self.conn.stream.socket
+    async def send(self, data:bytes): self.conn.write_message(data, binary=True)
+    async def close(self): self.conn.close()
+
+class WebsocketsWebsocket(RawWebsocket):
+    "websockets' asyncio client (C-accelerated masking), read with `recv()`"
+    library = 'websockets'
+    async def open(self):
+        from websockets.asyncio.client import connect
+        self.conn = await connect(self.url, additional_headers=self.headers, subprotocols=[V1], compression=None, max_size=None,
+                                  ping_interval=None, proxy=None)
+        self.sock = self.conn.transport.get_extra_info('socket')
+    async def send(self, data:bytes): await self.conn.send(data)
+    async def receive(self):
+        while not self.got(await self.conn.recv()): pass
+    async def close(self): await self.conn.close()
+
+class PicowsWebsocket(RawWebsocket):
+    "picows (Cython), with a callback per frame"
+    library = 'picows'
+    async def open(self):
+        from picows import WSListener, WSMsgType, ws_connect
+        raw = self
+        class Listener(WSListener):
+            def on_ws_frame(self, transport, frame):
+                if frame.msg_type == WSMsgType.BINARY and raw.got(frame.get_payload_as_bytes()): raw.answered()
+        self.binary = WSMsgType.BINARY
+        self.conn, _ = await ws_connect(Listener, self.url, extra_headers=self.headers | {'Sec-WebSocket-Protocol': V1},
+                                        max_frame_size=2**31 - 1)
+        self.sock = self.conn.underlying_transport.get_extra_info('socket')
+    async def send(self, data:bytes): self.conn.send(self.binary, data)
+    async def close(self): self.conn.disconnect()
+
+class AiohttpWebsocket(RawWebsocket):
+    "aiohttp's client (a Cython frame reader), read with `receive()`"
+    library = 'aiohttp'
+    async def open(self):
+        import aiohttp
+        self.http = aiohttp.ClientSession()
+        self.conn = await self.http.ws_connect(self.url, headers=self.headers, protocols=[V1], max_msg_size=0, autoping=True)
+        self.sock = self.conn.get_extra_info('socket')
+    async def send(self, data:bytes): await self.conn.send_bytes(data)
+    async def receive(self):
+        while not self.got((await self.conn.receive()).data): pass
+    async def close(self):
+        await self.conn.close()
+        await self.http.close()
+
+RAW_WEBSOCKETS = {cls.library: cls for cls in (TornadoWebsocket, WebsocketsWebsocket, PicowsWebsocket, AiohttpWebsocket)}
+assert tuple(RAW_WEBSOCKETS) == WS_LIBRARIES
+
+def _needs(dist:str, seen:set[str]) -> set[str]:
+    "`seen`, with `dist` and every distribution it requires, through theirs (extras left out)"
+    if (dist := canonicalize_name(dist)) in seen: return seen
+    seen.add(dist)
+    for line in requires(dist) or []:
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate({'extra': ''}): _needs(req.name, seen)
+    return seen
+
+def _adds(dist:str) -> list[str]:
+    "The distributions the websocket library `dist` brings beyond conkernelclient's other dependencies, `dist` first"
+    have, name = set(), canonicalize_name(dist)
+    for line in requires('conkernelclient'):
+        req = Requirement(line)
+        if (req.marker is None or req.marker.evaluate({'extra': ''})) and canonicalize_name(req.name) not in WS_LIBRARIES: _needs(req.name, have)
+    return [] if name in have else [name, *sorted(_needs(name, set()) - have - {name})]
+
+async def _ws_libraries(srv:LocalServer, plan:Plan) -> list[dict]:
+    "Each websocket library's `RawWebsocket` on one stub kernel of the server `srv`: one request at a time, and 1,000 pipelined"
+    km = RemoteKernelManager(srv.url, srv.token, kernel_name='stub')
+    await km.start_kernel()
+    url = f"{srv.url.replace('http', 'ws', 1)}/api/kernels/{km.kernel_id}/channels?session_id={uuid.uuid4().hex}"
+    n, tally = 1_000, {}
+    try:
+        for _ in range(plan.repeats):
+            for lib, cls in RAW_WEBSOCKETS.items():
+                ws = cls(url, {'Authorization': f'token {srv.token}'})
+                await ws.open()
+                try:
+                    await ws.batch(100)
+                    ws.quickack = True
+                    await _time_runs({(lib, 1): (ws.one_by_one, min(plan.remote_requests, 50), 1)}, None, _nothing, tally)
+                    ws.quickack = False
+                    await _time_runs({(lib, n): (ws.batch, n, max(1, plan.stub_requests // n))}, None, _nothing, tally)
+                finally: await ws.close()
+    finally: await km.shutdown_kernel()
+    return [dict(_row('stub', RawWebsocket.__name__, k, costs, ok), library=lib, adds=_adds(lib))
+            for (lib, k), (costs, ok) in tally.items()]
+
 GATEWAY, DATALAYER, REMOTE = 'GatewayKernelClient (jupyter_server)', 'jupyter-kernel-client (datalayer)', 'RemoteKernelClient'
 CALLERS = 10 # coroutines sharing one client in the Remote clients table
 GRACE = 5 # seconds a peer is given past its own timeout before the benchmark stops waiting for it
@@ -901,6 +1047,8 @@ async def _served(name:str, plan:Plan) -> dict:
     async with LocalServer('server', kernels={'stub': stub_spec()}) as srv:
         log.info("%s: behind a Jupyter Server", name)
         res = dict(websocket=await _websocket(srv, name, plan))
+        if name == 'stub': log.info("%s: websocket libraries", name)
+        res['ws_libraries'] = await _ws_libraries(srv, plan) if name == 'stub' else []
         log.info("%s: remote clients", name)
         res['remote_clients'] = await _remote_clients(srv, name, plan)
         if name == 'stub': log.info("%s: many kernels", name)
@@ -931,13 +1079,13 @@ async def bench_kernel(km:ConKernelManager, name:str, plan:Plan) -> dict:
                 cancellable=[] if name == 'stub' else await _cancellable(km, name, plan),
                 loops=await _loops(km, name, plan),
                 json=await _json(km, name, plan),
-                **(await _served(name, plan) if name in SERVED else dict(websocket=[], remote_clients=[], many=[])))
+                **(await _served(name, plan) if name in SERVED else dict(websocket=[], ws_libraries=[], remote_clients=[], many=[])))
 
 def _versions() -> dict:
     "Versions of Python and of the packages measured"
     out = {'python': platform.python_version()}
     for pkg in ('conkernelclient', 'jupyter_client', 'pyzmq', 'ipykernel', 'async-kernel', 'orjson', 'uvloop', 'jupyter_server',
-                'jupyter-kernel-client', 'websocket-client'):
+                'jupyter-kernel-client', 'websocket-client', 'tornado', 'picows', 'websockets', 'aiohttp'):
         try: out[pkg] = version(pkg)
         except PackageNotFoundError: out[pkg] = None
     return out
@@ -962,6 +1110,13 @@ def _untimed_target(kernel:str, rows:list[dict], limit:float) -> dict:
     most = max((r['in_flight'] for r in rows if r['client'] == CON), default=0)
     return _target(f"client CPU per request, {most:,} pipelined, vs the floor without timeouts ({KERNEL_NAMES.get(kernel, kernel)})",
                    _ratio(_cpu_of(rows, CON, most), _cpu_of(rows, PLAIN_UNTIMED, most)), limit)
+
+def _websocket_targets(rows:list[dict]) -> list[dict]:
+    "Per kernel behind the server and number in flight: client CPU per request through the websocket, vs ZMQ straight to the kernel"
+    cpu = {(r['kernel'], r['transport'], r['in_flight']): r['cpu_us'] for r in rows}
+    return [_target(f"client CPU per request through the websocket, {n:,} in flight, vs ZMQ direct ({KERNEL_NAMES.get(k, k)})",
+                    _ratio(cpu.get((k, WS, n)), cpu.get((k, ZMQ, n))), 1.0)
+            for k, n in dict.fromkeys((r['kernel'], r['in_flight']) for r in rows)]
 
 def _many_targets(rows:list[dict]) -> list[dict]:
     "Per transport: client CPU per request with the most stub kernels driven at once, vs one"
@@ -996,6 +1151,7 @@ def targets(per_kernel:dict) -> list[dict]:
             _target(f"memory held for unread iopub messages after {unread['requests'] if unread else 0:,} requests",
                     unread and unread['inbox_mb'], 5, 'MB'),
             *(_untimed_target(k, res['throughput'], 1.0) for k, res in per_kernel.items() if k != 'stub'),
+            *_websocket_targets([r for res in per_kernel.values() for r in res.get('websocket', [])]),
             *_many_targets(stub.get('many', []))]
 
 def results(per_kernel:dict, plan:Plan, command:str=COMMAND) -> dict:
@@ -1003,7 +1159,7 @@ def results(per_kernel:dict, plan:Plan, command:str=COMMAND) -> dict:
     meta = dict(command=command, date=datetime.now(timezone.utc).isoformat(timespec='seconds'), commit=_commit(),
                 machine=f'{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs', versions=_versions())
     return dict(meta=meta, plan=asdict(plan), targets=targets(per_kernel),
-                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'backlog', 'send_path', 'unread', 'concurrency', 'encryption', 'cancellable', 'loops', 'json', 'websocket', 'remote_clients', 'many')})
+                **{k: [x for res in per_kernel.values() for x in res[k]] for k in ('throughput', 'outputs', 'memory', 'backlog', 'send_path', 'unread', 'concurrency', 'encryption', 'cancellable', 'loops', 'json', 'websocket', 'ws_libraries', 'remote_clients', 'many')})
 
 KERNEL_NAMES = {'stub': 'stub kernel (client-bound)', 'python3': 'ipykernel', 'async': 'async-kernel'}
 
@@ -1109,6 +1265,16 @@ def _websocket_md(rows:list[dict]) -> list[str]:
     return _versus_md(rows, 'transport', 'transport', ZMQ, ['wall_us', 'cpu_us'], 'cpu_us', 'client CPU vs ZMQ direct',
                       key=lambda r: (r['kernel'], r['in_flight'], WS_TRANSPORTS.index(r['transport'])))
 
+def _ws_libraries_md(rows:list[dict]) -> list[str]:
+    "The websocket-libraries table"
+    body = []
+    for r in rows:
+        ref = next(b for b in rows if b['library'] == WS_LIBRARIES[0] and b['in_flight'] == r['in_flight'])
+        body.append([r['library'], _f(r['in_flight']), _f(r['requests_per_s']), _f(r['wall_us']), _f(r['cpu_us']),
+                     _f(_ratio(r['cpu_us'], ref['cpu_us']), '{:.2f}×'), ', '.join(r['adds']) or 'nothing'])
+    return _table(['library', 'in flight', 'requests/s', 'wall µs/request', 'client CPU µs/request', f'client CPU vs {WS_LIBRARIES[0]}',
+                   "what it adds to conkernelclient's other dependencies"], body)
+
 def _remote_clients_md(rows:list[dict]) -> list[str]:
     "The remote-clients table"
     body = []
@@ -1182,6 +1348,13 @@ def markdown(res:dict) -> str:
             "`RemoteKernelClient` through the server's kernel websocket (v1 protocol), with and without `TCP_QUICKACK`, "
             'and `ConKernelClient` over ZMQ straight to the same kernel, through its connection file. The server runs '
             'kernels unencrypted, as jupyter_server does by default.', '', *_websocket_md(res['websocket']),
+            '', '## Websocket libraries', '', "The websocket client library alone, on the stub kernel behind the same "
+            "server: a bare client (send v1 messages, read each one's channel and parent msg_id; no routing) on each "
+            "library's client, one request at a time (each message acknowledged at once, `TCP_QUICKACK`, as one at a "
+            "time needs) and 1,000 pipelined. tornado's is what `RemoteKernelClient` used before issue 22 (a callback per "
+            "message), picows' what it uses now (a callback per frame, from the read of the socket); websockets and aiohttp "
+            "are read with `recv()` / `receive()`. The last column lists the packages each library adds to "
+            "conkernelclient's other dependencies (jupyter_client needs tornado).", '', *_ws_libraries_md(res['ws_libraries']),
             '', '## Remote clients', '', "Three clients of the same kernel on the same `jupyter server`, one after another: "
             "jupyter_server's own `GatewayKernelClient` (made by its `GatewayKernelManager`, set up by `GatewayClient`; it "
             "sends no token on its websocket, so the benchmark adds the server's token to its handshake), datalayer's "

@@ -6,7 +6,7 @@ Docs: https://conkernelclient.github.io/conkernelclient/remote.html.md"""
 
 # %% ../nbs/08_remote.ipynb #beacd455
 from __future__ import annotations
-import asyncio, json, logging, os, socket, struct, subprocess, sys, tempfile, time, uuid
+import asyncio, base64, io, json, logging, os, socket, ssl, struct, subprocess, sys, tempfile, time, uuid
 from functools import partial
 from inspect import signature
 from typing import Callable
@@ -16,8 +16,9 @@ from fastcore.basics import patch
 from jupyter_client.jsonutil import json_default
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.session import new_id
-from tornado.httpclient import HTTPClientError
-from tornado.websocket import WebSocketClosedError, websocket_connect
+from picows import WSAutoPingStrategy, WSCloseCode, WSHandshakeError, WSListener, WSMsgType, ws_connect
+from tornado.httpclient import HTTPRequest, HTTPResponse
+from tornado.httputil import HTTPHeaders
 from traitlets import Bool, Float, Unicode
 from traitlets.log import get_logger
 
@@ -31,6 +32,7 @@ from conkernelclient.server import (KernelNotFoundError, NoAPIError, Server, Ser
                                     ServerUnreachableError, _refused, _unreachable, call)
 
 log = logging.getLogger(__name__)
+_PICOWS_LOG = logging.getLogger('picows.client') # picows' own name for its client connections' logger
 
 # %% auto #0
 __all__ = ['V1', 'ConnectionLostError', 'ServerGoneError', 'v1_pack', 'v1_unpack', 'legacy_pack', 'legacy_unpack',
@@ -50,15 +52,16 @@ V1 = 'v1.kernel.websocket.jupyter.org'
 
 def v1_pack(channel:str, frames:list[bytes]) -> bytes:
     "The v1 websocket message carrying `frames` on `channel`"
+    name = channel.encode()
     offsets = [8 * (len(frames) + 3)]
-    for part in (channel.encode(), *frames): offsets.append(offsets[-1] + len(part))
-    return b''.join([len(offsets).to_bytes(8, 'little'), *(o.to_bytes(8, 'little') for o in offsets), channel.encode(), *frames])
+    for part in (name, *frames): offsets.append(offsets[-1] + len(part))
+    return b''.join([struct.pack(f'<{len(offsets) + 1}Q', len(offsets), *offsets), name, *frames])
 
 def v1_unpack(data:bytes) -> tuple[str,list[bytes]]:
     "The channel and frames of v1 websocket message `data`"
     n = int.from_bytes(data[:8], 'little')
-    offsets = [int.from_bytes(data[8 * i:8 * i + 8], 'little') for i in range(1, n + 1)]
-    return data[offsets[0]:offsets[1]].decode(), [data[a:b] for a, b in zip(offsets[1:], offsets[2:])]
+    offsets = struct.unpack_from(f'<{n}Q', data, 8) # one call for all of them: half the time of reading each
+    return data[offsets[0]:offsets[1]].decode(), [data[offsets[i]:offsets[i + 1]] for i in range(1, n - 1)]
 
 # %% ../nbs/08_remote.ipynb #3df6de26
 def legacy_pack(channel:str, msg:dict) -> str|bytes:
@@ -87,7 +90,7 @@ def legacy_unpack(data:str|bytes) -> tuple[str,list[bytes]]:
 class KernelWebsocket:
     "The websocket of kernel `kernel_id` on `server`, shared by one client's channels"
     def __init__(self, server:Server, kernel_id:str, session:ConSession, subprotocol:str|None=V1, reconnect_timeout:float=30,
-                 quickack:bool=True, # acknowledge each message at once (Linux), so a server's Nagle costs no delay
+                 quickack:bool=True, # acknowledge what arrives at once (Linux) while few replies are awaited, so a server's Nagle costs no delay
                  ping_interval:float|None=25, # seconds between keepalive pings; None: no pings
                  ping_timeout:float|None=None, # seconds a ping waits for its pong before the connection counts as dropped (default: ping_interval)
                  on_lost:Callable[[ConKernelError],None]|None=None, # called once when the connection is gone for good
@@ -99,23 +102,59 @@ class KernelWebsocket:
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self.on_lost, self.on_status, self.on_reconnect, self.on_refused = on_lost, on_status, on_reconnect, on_refused
         self.channels:dict[str,WebsocketChannel] = {}
-        self.conn = None
+        self.conn = None # picows' transport of the current connection
+        self.request:HTTPRequest|None = None # the upgrade request of the last connection, as the server built it
+        self.sock:socket.socket|None = None # the connection's TCP socket, if it acknowledges reads at once
         self.protocol:str|None = None # 'v1' or 'legacy', once connected
         self.waiting:list[tuple[str,dict]] = [] # (channel, message) sent while disconnected, in order
         self.task:asyncio.Task|None = None
         self.dropped:asyncio.Future|None = None # resolved when the current connection closes
         self.drops = 0 # failed reconnections in a row
         self.heard = time.monotonic() # when the last message came
+        self.parts:list[bytes] = [] # the frames so far of a message that came in several
+        self.text = False # is that message text (the legacy protocol's JSON)?
+        self.awaited:int|None = None # replies awaited when the current read of the socket began
+        self.reads = 0 # reads of the socket so far, while it acknowledges
+        self.watch:asyncio.TimerHandle|None = None # the timer that acknowledges once the socket is quiet (`_quiet`)
 
     def __repr__(self): return f"KernelWebsocket({self.server.url}, {self.kernel_id})"
 
 # %% ../nbs/08_remote.ipynb #eae5815a
-def _quickack(conn):
-    "Acknowledge what arrived on websocket `conn` at once, instead of after the delayed-ACK timer (Linux)"
-    sock = getattr(conn.stream, 'socket', None) if conn is not None and conn.stream is not None else None
-    if sock is not None and hasattr(socket, 'TCP_QUICKACK'):
-        try: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-        except OSError: pass
+_QUICKACK = getattr(socket, 'TCP_QUICKACK', None) # Linux only
+
+def _quickack(sock:socket.socket):
+    "Acknowledge what arrived on `sock` now, and delay the ACKs of what comes next as before (Linux)"
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1) # sends the ACK the kernel was delaying...
+        sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 0) # ...without staying in its quick-ACK mode, which would ACK every segment
+    except OSError: pass
+
+class _Listener(WSListener):
+    "picows' listener of one connection of `ws`: it sets up `ws` for the connection, gives it each frame, and its end resolves `dropped`"
+    def __init__(self, ws:KernelWebsocket, dropped:asyncio.Future):
+        super().__init__()
+        self.ws, self.dropped = ws, dropped
+
+    def on_ws_connected(self, transport):
+        "Before the first frame (which may come in the read that ends the handshake): the protocol, and the socket to acknowledge on"
+        ws = self.ws
+        ws.protocol = 'v1' if transport.response.headers.get('Sec-WebSocket-Protocol') == V1 else 'legacy'
+        ws.sock = transport.underlying_transport.get_extra_info('socket') if ws.quickack and _QUICKACK is not None else None
+        if ws.sock is not None: _quickack(ws.sock)
+        ws.parts, ws.awaited = [], None
+
+    def on_ws_frame(self, transport, frame): self.ws._on_frame(transport, frame)
+
+    def on_ws_disconnected(self, transport):
+        if not self.dropped.done(): self.dropped.set_result(None)
+
+class _Scrubbed(logging.LoggerAdapter):
+    """picows' logger for connections to `server`: it scrubs the server's secrets (picows logs the upgrade request at its
+    lowest level); its info lines (each connection made and closed) and its warnings that writing pauses and resumes
+    (a large batch outrunning the socket: the rest waits in its buffer) are expected events, so debug ones here"""
+    def log(self, level, msg, *args, **kwargs):
+        if level == logging.INFO or str(msg).startswith('Protocol writing'): level = logging.DEBUG
+        if self.isEnabledFor(level): self.logger.log(level, self.extra['server'].scrub(str(msg) % args if args else str(msg)), **kwargs)
 
 # %% ../nbs/08_remote.ipynb #4d70bd8e
 @patch
@@ -123,25 +162,59 @@ def start(self:KernelWebsocket):
     "Start connecting, on the running loop, unless already started"
     if self.task is None: self.task = asyncio.get_running_loop().create_task(self._run())
 
+def _tls_context(server:Server) -> ssl.SSLContext:
+    "The TLS context of a wss connection to `server`, from its certificate options, as tornado makes it for REST"
+    ctx = ssl.create_default_context(cafile=server.ca_certs)
+    if not server.validate_cert: ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    if server.client_cert is not None: ctx.load_cert_chain(server.client_cert, server.client_key)
+    return ctx
+
+def _upgrade_headers(server:Server, req:HTTPRequest, subprotocol:str|None) -> dict[str,str]:
+    "The headers of the websocket upgrade `req`: the server's (token, cookies, XSRF), HTTP basic auth as tornado sends it, the subprotocol"
+    headers = dict(req.headers)
+    if server.http_user is not None:
+        headers['Authorization'] = 'Basic ' + base64.b64encode(f'{server.http_user}:{server._http_pwd or ""}'.encode()).decode()
+    if subprotocol: headers['Sec-WebSocket-Protocol'] = subprotocol
+    return headers
+
+def _answer(req:HTTPRequest, refused:WSHandshakeError) -> HTTPResponse:
+    "The server's refusal of the websocket upgrade `req`, as the HTTP answer the server notebook names errors from"
+    headers = HTTPHeaders()
+    for k, v in refused.response.headers.items(): headers.add(k, v)
+    return HTTPResponse(req, int(refused.response.status), headers=headers, buffer=io.BytesIO(refused.raw_body or b''))
+
 @patch
 async def _connect(self:KernelWebsocket):
     "Open the websocket, whose closing resolves a `dropped` future of its own; an HTTP refusal is the named error of its status"
     path = f'/api/kernels/{self.kernel_id}/channels?session_id={self.session.session}'
     dropped = asyncio.get_running_loop().create_future()
-    def on_message(data): # tornado's callback: each message, then None when the connection closes (or never opened)
-        if data is not None: self._on_message(data)
-        elif not dropped.done(): dropped.set_result(None)
+    await self.server.log_in()
+    req = self.server.request(path, ws=True)
+    wait = self.ping_timeout or self.ping_interval or 0
     try:
-        await self.server.log_in()
-        conn = await websocket_connect(self.server.request(path, ws=True), on_message_callback=on_message,
-                                       subprotocols=[self.subprotocol] if self.subprotocol else None,
-                                       max_message_size=2**31 - 1)
-    except HTTPClientError as e:
-        if e.code == 599 or e.response is None: raise _unreachable(self.server, e) from None
-        raise await _refused(self.server, e.response, f"the websocket of kernel {self.kernel_id}") from None
+        conn, _ = await asyncio.wait_for(ws_connect(
+            lambda: _Listener(self, dropped), req.url, extra_headers=_upgrade_headers(self.server, req, self.subprotocol),
+            ssl_context=_tls_context(self.server) if req.url.startswith('wss:') else None,
+            max_frame_size=2**31 - 1, max_redirects=0, disconnect_on_exception=False,
+            websocket_handshake_timeout=self.server.request_timeout, logger_name=_Scrubbed(_PICOWS_LOG, {'server': self.server}),
+            enable_auto_ping=self.ping_interval is not None, auto_ping_idle_timeout=self.ping_interval or 1, auto_ping_reply_timeout=wait or 1,
+            auto_ping_strategy=WSAutoPingStrategy.PING_PERIODICALLY), self.server.connect_timeout + self.server.request_timeout)
+    except WSHandshakeError as e:
+        if e.response is None: raise _unreachable(self.server, e) from None
+        raise await _refused(self.server, _answer(req, e), f"the websocket of kernel {self.kernel_id}") from None
+    except TimeoutError: raise ServerTimeoutError(f"{self.server.url} did not answer the websocket upgrade in time") from None
+    except ConnectionRefusedError as e: # asyncio says "Connect call failed": say what happened, as for REST
+        raise _unreachable(self.server, ConnectionRefusedError(e.errno, os.strerror(e.errno))) from None
     except OSError as e: raise _unreachable(self.server, e) from None
-    if conn.headers is not None: self.server.took(conn.headers)
-    self.dropped = dropped
+    if conn.is_disconnected: # picows returns, without an error, a connection that closed before the upgrade's answer
+        said = f"{self.server.url} closed the connection during the websocket upgrade"
+        if req.url.startswith('wss:') and self.server.client_cert is None: # TLS 1.3 refuses a missing client certificate so
+            raise ServerTLSError(f"{said}: if it wants a client certificate, pass client_cert= and client_key=")
+        raise ServerUnreachableError(said)
+    headers = HTTPHeaders()
+    for k, v in conn.response.headers.items(): headers.add(k, v)
+    self.server.took(headers)
+    self.request, self.dropped = req, dropped
     return conn
 
 @patch
@@ -166,41 +239,55 @@ async def _run(self:KernelWebsocket):
             if isinstance(e, ServerRefusedError) and self.on_refused is not None: self.on_refused(e)
             self.drops += 1
             continue
-        self.conn, self.protocol, self.drops = conn, 'v1' if conn.selected_subprotocol == V1 else 'legacy', 0
-        if self.quickack: _quickack(conn)
+        self.conn, self.drops = conn, 0
         waiting, self.waiting = self.waiting, []
         if since is not None and self.on_reconnect is not None: self.on_reconnect({m['header']['msg_id'] for _, m in waiting})
         for name, msg in waiting: self._write(name, msg)
         for ch in self.channels.values(): ch.listening.set()
-        keepalive = asyncio.ensure_future(self._keepalive(conn)) if self.ping_interval else None
-        try: await self.dropped
-        finally:
-            if keepalive is not None: keepalive.cancel()
-        self.conn, since = None, time.monotonic()
+        await self.dropped
+        self.conn, self.sock, since = None, None, time.monotonic()
         log.warning("the websocket of kernel %s dropped: reconnecting", self.kernel_id)
 
-@patch
-async def _keepalive(self:KernelWebsocket, conn):
-    "Ping `conn` every `ping_interval` s; if no pong comes within `ping_timeout` s (a half-open peer), drop it at once"
-    pong = asyncio.Event()
-    conn.on_pong = lambda data: pong.set()
-    while True:
-        await asyncio.sleep(self.ping_interval)
-        pong.clear()
-        try: conn.ping()
-        except WebSocketClosedError: return
-        try: await asyncio.wait_for(pong.wait(), self.ping_timeout or self.ping_interval)
-        except TimeoutError:
-            log.warning("the websocket of kernel %s answered no ping in %s s: reconnecting", self.kernel_id, self.ping_timeout or self.ping_interval)
-            return conn.stream.close() # not a closing handshake, which a silent peer would never answer
-
-
 # %% ../nbs/08_remote.ipynb #a3df99a4
+_DATA = (WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CONTINUATION)
+_FEW = 4 # requests awaiting replies, at most, for a read to be acknowledged at once
+_QUIET = 0.003 # seconds without a read after which what came last is acknowledged (the delayed ACK's is 0.04)
+
+@patch
+def _on_frame(self:KernelWebsocket, transport, frame):
+    "Put each message together from its frames and deliver it; at the end of a read, acknowledge it now or once the socket is quiet"
+    if self.sock is not None and self.awaited is None: # the read's first frame
+        self.awaited = sum(len(ch.unanswered) for ch in self.channels.values())
+    kind = frame.msg_type
+    if kind == WSMsgType.BINARY and frame.fin and not self.parts: self._on_message(frame.get_payload_as_bytes()) # the usual case
+    elif kind in _DATA:
+        if kind != WSMsgType.CONTINUATION: self.text = kind == WSMsgType.TEXT
+        self.parts.append(frame.get_payload_as_bytes())
+        if frame.fin:
+            data = b''.join(self.parts)
+            self.parts.clear()
+            self._on_message(data.decode() if self.text else data)
+    elif kind == WSMsgType.CLOSE:
+        transport.send_close(frame.get_close_code())
+        transport.disconnect()
+    if frame.last_in_buffer and self.sock is not None:
+        self.reads += 1
+        if 0 < self.awaited <= _FEW: _quickack(self.sock)
+        elif self.watch is None: self.watch = asyncio.get_running_loop().call_later(_QUIET, self._quiet, self.reads)
+        self.awaited = None
+
+@patch
+def _quiet(self:KernelWebsocket, reads:int):
+    "The watch on a socket that read `reads` times when it began: acknowledge if no read came since, else watch on"
+    self.watch = None
+    if self.sock is None: return
+    if self.reads == reads: _quickack(self.sock)
+    else: self.watch = asyncio.get_running_loop().call_later(_QUIET, self._quiet, self.reads)
+
 @patch
 def _on_message(self:KernelWebsocket, data:str|bytes):
     "Deliver one websocket message to its channel, as the frames a ZMQ socket would have given"
     self.heard = time.monotonic()
-    if self.quickack: _quickack(self.conn)
     try:
         name, frames = v1_unpack(data) if self.protocol == 'v1' else legacy_unpack(data)
         ch = self.channels[name]
@@ -229,23 +316,25 @@ def send(self:KernelWebsocket, channel:str, msg:dict):
 @patch
 def _write(self:KernelWebsocket, channel:str, msg:dict):
     "Write `msg` in the connection's protocol; if the connection has just closed, keep it for the next one"
+    if self.conn.is_disconnected or self.conn.is_close_frame_sent: return self.waiting.append((channel, msg))
     if self.protocol == 'v1':
         pack = lambda part: part if isinstance(part, bytes) else self.session.pack(part) # content may be packed already
         data = v1_pack(channel, [pack(msg['header']), pack(msg['parent_header']), pack(msg['metadata']),
                                  pack(msg['content']), *map(bytes, msg.get('buffers') or [])])
     else: data = legacy_pack(channel, msg)
-    try: self.conn.write_message(data, binary=isinstance(data, bytes))
-    except WebSocketClosedError: self.waiting.append((channel, msg))
+    if isinstance(data, bytes): self.conn.send(WSMsgType.BINARY, data)
+    else: self.conn.send(WSMsgType.TEXT, data.encode())
 
 @patch
 def close(self:KernelWebsocket):
-    "Stop reconnecting and close the connection; from synchronous code, on the loop's next run (`stop_channels` runs it)"
-    try: loop = asyncio.get_running_loop()
-    except RuntimeError: loop = None
-    if self.task is not None and (loop is None or self.task is not asyncio.current_task()): self.task.cancel()
+    "Stop reconnecting and close the connection (from synchronous code too: `stop_channels` then runs the loop)"
+    try: me = asyncio.current_task()
+    except RuntimeError: me = None # no loop runs here
+    if self.task is not None and self.task is not me: self.task.cancel()
+    if self.watch is not None: self.watch.cancel()
     if self.conn is not None:
-        if loop is None: self.task.get_loop().call_soon(self.conn.close) # tornado's close makes futures: on its loop
-        else: self.conn.close()
+        self.conn.send_close(WSCloseCode.OK)
+        self.conn.disconnect()
     self.conn = None
 
 # %% ../nbs/08_remote.ipynb #b3b379aa

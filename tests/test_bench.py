@@ -183,6 +183,15 @@ def test_websocket(res):
     assert all(r['answered'] == r['sent'] > 0 and r['cpu_us'] > 0 for r in rows)
 
 
+def test_ws_libraries(res):
+    "Each websocket library's bare client on the stub kernel behind the server, one at a time and 1,000 pipelined, every request answered"
+    rows = res['ws_libraries']
+    assert [(r['library'], r['in_flight']) for r in rows] == [(lib, n) for lib in ('tornado', 'websockets', 'picows', 'aiohttp') for n in (1, 1000)]
+    assert all(r['kernel'] == 'stub' and r['answered'] == r['sent'] > 0 and r['cpu_us'] > 0 for r in rows)
+    assert [r['adds'] for r in rows if r['library'] == 'tornado'] == [[], []] # jupyter_client's own
+    assert all(r['adds'][0] == r['library'] for r in rows if r['library'] != 'tornado')
+
+
 def test_remote_clients(res):
     """Each peer on the stub kernel and ipykernel behind one server: every sequential request answered by its own reply;
     every shared request accounted for, and RemoteKernelClient's each answered by its own; a first reply after a start"""
@@ -208,9 +217,12 @@ def test_many_kernels(res):
 
 
 def test_targets(res):
-    "Every target has a value and a verdict (whatever it is): the stub kernel's, one per real kernel, one per many-kernels transport"
-    assert [t['unit'] for t in res['targets']] == ['×', '×', '×', '×', 'bytes', 'bytes', '×', '×', '×', 'MB', '×', '×', '×', '×']
-    assert [t['target'].rsplit('(', 1)[-1] for t in res['targets'][10:]] == ['ipykernel)', 'async-kernel)', 'ZMQ, direct)', 'websocket)']
+    """Every target has a value and a verdict (whatever it is): the stub kernel's, one per real kernel, the websocket's
+    against ZMQ at 1 and the largest batch for each kernel behind the server, one per many-kernels transport"""
+    assert [t['unit'] for t in res['targets']] == ['×', '×', '×', '×', 'bytes', 'bytes', '×', '×', '×', 'MB'] + ['×'] * 8
+    assert [t['target'].rsplit('(', 1)[-1] for t in res['targets'][10:]] == [
+        'ipykernel)', 'async-kernel)', 'client-bound))', 'client-bound))', 'ipykernel)', 'ipykernel)', 'ZMQ, direct)', 'websocket)']
+    assert [' 1 in flight' in t['target'] for t in res['targets'][12:16]] == [True, False, True, False]
     assert all(t['value'] > 0 and t['met'] in (True, False) for t in res['targets'])
 
 
@@ -224,6 +236,6 @@ def test_markdown_and_plot(res, out):
         rows = [l for l in section.split('\n## ')[0].splitlines() if l.startswith('| ')]
         assert len(rows) - 1 == sum(r['kernel'] == kernel for r in res['throughput']) # less the header row
     for head in ('## Targets', '## Output collection', '## Memory', '## Unread iopub', '## Send path', '## Concurrency', '## Encryption', '## Cancellable requests',
-                 '## Event loops', '## JSON libraries', '## Remote kernels', '## Remote clients', '## Many kernels'):
+                 '## Event loops', '## JSON libraries', '## Remote kernels', '## Websocket libraries', '## Remote clients', '## Many kernels'):
         assert f'\n{head}\n' in md
     assert (out/'bench.png').read_bytes()[:4] == b'\x89PNG'

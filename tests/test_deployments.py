@@ -98,7 +98,7 @@ async def test_tls_with_a_private_ca(pki, served, caplog):
     REST and the websocket both fail with ServerTLSError saying what to pass; validate_cert=False works too"""
     r = await served(LocalServer(args=tls(pki), scheme='https', ca_certs=f'{pki}/ca.pem'))
     km, kc = await works(r)
-    assert kc.ws.conn.request.url.startswith('https://') # tornado's form of wss://
+    assert kc.ws.request.url.startswith('wss://')
     with pytest.raises(ServerTLSError, match=r'certificate verify failed .*pass ca_certs=') as e:
         await RemoteKernelManager(r.srv.url, r.srv.token).start_kernel()
     untrusted = RemoteKernelManager(r.srv.url, r.srv.token, kernel_id=km.kernel_id).client()
@@ -126,7 +126,7 @@ async def test_no_token(served):
     bare.logged_in = True # skip the handshake, as a client without one does
     with pytest.raises(ServerAuthError, match="_xsrf"): await call(bare, '/api/kernels', 'POST', {})
     km, kc = await works(r)
-    assert '_xsrf' in km.server.cookies and 'X-XSRFToken' in kc.ws.conn.request.headers
+    assert '_xsrf' in km.server.cookies and 'X-XSRFToken' in kc.ws.request.headers
     await km.interrupt_kernel()
     await km.restart_kernel()
     fut = ask(kc, '1+1')
@@ -164,7 +164,7 @@ async def test_urls_as_pasted_and_bearer(served, caplog):
         await kc.start_channels()
         fut = ask(kc, '6*7')
         check(await fut, fut, 42)
-        texts += [km, kc, kc.ws, km.server, kc.ws.conn.request.url, km.server.url, km.server.ws_url]
+        texts += [km, kc, kc.ws, km.server, kc.ws.request.url, km.server.url, km.server.ws_url]
     km, kc = await works(r, auth_scheme='Bearer')
     futs = [ask(kc, f'{i}*{i}') for i in range(50)] # in flight while a wrong token is refused
     with pytest.raises(ServerAuthError, match='HTTP 403') as e: await RemoteKernelManager(f'{r.srv.url}/lab?token=not-{tok}').start_kernel()
