@@ -89,7 +89,9 @@ from conkernelclient.channel import unbounded_context
 from conkernelclient.core import ConKernelClient, ConKernelManager
 from conkernelclient.routing import is_idle
 from conkernelclient.session import ConSession
-from conkernelclient.remote import V1, LocalServer, RemoteKernelManager, _keyless_session, v1_pack, v1_unpack
+from conkernelclient.remote import RemoteKernelManager, _keyless_session
+from conkernelclient.server import LocalServer
+from conkernelclient.websocket import V1, v1_pack, v1_unpack
 from conkernelclient.stubkernel import StubKernelSpecManager, stub_spec
 
 log = logging.getLogger(__name__)

@@ -6,355 +6,27 @@ Docs: https://conkernelclient.github.io/conkernelclient/remote.html.md"""
 
 # %% ../nbs/08_remote.ipynb #beacd455
 from __future__ import annotations
-import asyncio, base64, io, json, logging, os, socket, ssl, struct, subprocess, sys, tempfile, time, uuid
+import asyncio, logging, os, time, uuid
 from functools import partial
 from inspect import signature
-from typing import Callable
+from typing import Callable, cast
 
 from fastcore.basics import patch
 
-from jupyter_client.jsonutil import json_default
-from jupyter_client.kernelspec import KernelSpec
-from jupyter_client.session import new_id
-from picows import WSAutoPingStrategy, WSCloseCode, WSHandshakeError, WSListener, WSMsgType, ws_connect
-from tornado.httpclient import HTTPRequest, HTTPResponse
-from tornado.httputil import HTTPHeaders
 from traitlets import Bool, Float, Unicode
 from traitlets.log import get_logger
 
-from conkernelclient.errors import ChannelsClosedError, ConKernelError, KernelDiedError, KernelRestartedError
+from conkernelclient.errors import ConKernelError, KernelDiedError, KernelRestartedError
 from conkernelclient.session import ConSession
 from conkernelclient.routing import is_idle
-from conkernelclient.channel import RoutedChannel
 from conkernelclient.core import ConKernelClient, ConKernelManager, _Tasks, restart_clients
-from conkernelclient.server import (KernelNotFoundError, NoAPIError, Server, ServerAuthError, ServerError,
-                                    ServerNotRunningError, ServerRefusedError, ServerTimeoutError, ServerTLSError,
-                                    ServerUnreachableError, _refused, _unreachable, call)
+from conkernelclient.server import KernelNotFoundError, Server, ServerError, ServerTimeoutError, ServerUnreachableError, call
+from conkernelclient.websocket import V1, KernelWebsocket, ServerGoneError, WebsocketChannel
 
 log = logging.getLogger(__name__)
-_PICOWS_LOG = logging.getLogger('picows.client') # picows' own name for its client connections' logger
 
 # %% auto #0
-__all__ = ['V1', 'ConnectionLostError', 'ServerGoneError', 'v1_pack', 'v1_unpack', 'legacy_pack', 'legacy_unpack',
-           'KernelWebsocket', 'WebsocketChannel', 'RemoteKernelClient', 'ReplyLostError', 'RemoteKernelManager',
-           'KernelLaunchTimeoutError', 'LocalServer']
-
-# %% ../nbs/08_remote.ipynb #8e055e01
-class ConnectionLostError(KernelDiedError):
-    "The kernel's websocket dropped and could not be reconnected within `reconnect_timeout`"
-
-# %% ../nbs/08_remote.ipynb #a3063dac
-class ServerGoneError(ConKernelError):
-    "The kernel's websocket dropped and the server's port refused the reconnection: what was in flight died with the server"
-
-# %% ../nbs/08_remote.ipynb #bb67e8bd
-V1 = 'v1.kernel.websocket.jupyter.org'
-
-def v1_pack(channel:str, frames:list[bytes]) -> bytes:
-    "The v1 websocket message carrying `frames` on `channel`"
-    name = channel.encode()
-    offsets = [8 * (len(frames) + 3)]
-    for part in (name, *frames): offsets.append(offsets[-1] + len(part))
-    return b''.join([struct.pack(f'<{len(offsets) + 1}Q', len(offsets), *offsets), name, *frames])
-
-def v1_unpack(data:bytes) -> tuple[str,list[bytes]]:
-    "The channel and frames of v1 websocket message `data`"
-    n = int.from_bytes(data[:8], 'little')
-    offsets = struct.unpack_from(f'<{n}Q', data, 8) # one call for all of them: half the time of reading each
-    return data[offsets[0]:offsets[1]].decode(), [data[offsets[i]:offsets[i + 1]] for i in range(1, n - 1)]
-
-# %% ../nbs/08_remote.ipynb #3df6de26
-def legacy_pack(channel:str, msg:dict) -> str|bytes:
-    "The legacy websocket message carrying `msg` on `channel`"
-    body = {k: json.loads(msg[k]) if isinstance(msg[k], bytes) else msg[k] # content may be packed already
-            for k in ('header', 'parent_header', 'metadata', 'content')} | {'channel': channel}
-    text = json.dumps(body, default=json_default)
-    if not msg.get('buffers'): return text
-    parts = [text.encode(), *map(bytes, msg['buffers'])]
-    offsets = [4 * (len(parts) + 1)]
-    for part in parts[:-1]: offsets.append(offsets[-1] + len(part))
-    return struct.pack(f'!{len(parts) + 1}I', len(parts), *offsets) + b''.join(parts)
-
-def legacy_unpack(data:str|bytes) -> tuple[str,list[bytes]]:
-    "The channel and frames of legacy websocket message `data`"
-    buffers = []
-    if isinstance(data, bytes):
-        n = struct.unpack('!I', data[:4])[0]
-        offsets = [*struct.unpack(f'!{n}I', data[4:4 * (n + 1)]), len(data)]
-        data, *buffers = [data[a:b] for a, b in zip(offsets, offsets[1:])]
-    msg = json.loads(data)
-    frames = [json.dumps(msg[k], default=json_default).encode() for k in ('header', 'parent_header', 'metadata', 'content')]
-    return msg['channel'], frames + buffers
-
-# %% ../nbs/08_remote.ipynb #e49c2d19
-class KernelWebsocket:
-    "The websocket of kernel `kernel_id` on `server`, shared by one client's channels"
-    def __init__(self, server:Server, kernel_id:str, session:ConSession, subprotocol:str|None=V1, reconnect_timeout:float=30,
-                 quickack:bool=True, # acknowledge what arrives at once (Linux) while few replies are awaited, so a server's Nagle costs no delay
-                 ping_interval:float|None=25, # seconds between keepalive pings; None: no pings
-                 ping_timeout:float|None=None, # seconds a ping waits for its pong before the connection counts as dropped (default: ping_interval)
-                 on_lost:Callable[[ConKernelError],None]|None=None, # called once when the connection is gone for good
-                 on_status:Callable[[str],None]|None=None, # called with the state of each parentless iopub status
-                 on_reconnect:Callable[[set[str]],None]|None=None, # called at each reconnection with the msg_ids not yet sent
-                 on_refused:Callable[[ConKernelError],None]|None=None): # called when a reconnection is refused (the server is gone)
-        self.server, self.kernel_id, self.session = server, kernel_id, session
-        self.subprotocol, self.reconnect_timeout, self.quickack = subprotocol, reconnect_timeout, quickack
-        self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
-        self.on_lost, self.on_status, self.on_reconnect, self.on_refused = on_lost, on_status, on_reconnect, on_refused
-        self.channels:dict[str,WebsocketChannel] = {}
-        self.conn = None # picows' transport of the current connection
-        self.request:HTTPRequest|None = None # the upgrade request of the last connection, as the server built it
-        self.sock:socket.socket|None = None # the connection's TCP socket, if it acknowledges reads at once
-        self.protocol:str|None = None # 'v1' or 'legacy', once connected
-        self.waiting:list[tuple[str,dict]] = [] # (channel, message) sent while disconnected, in order
-        self.task:asyncio.Task|None = None
-        self.dropped:asyncio.Future|None = None # resolved when the current connection closes
-        self.drops = 0 # failed reconnections in a row
-        self.heard = time.monotonic() # when the last message came
-        self.parts:list[bytes] = [] # the frames so far of a message that came in several
-        self.text = False # is that message text (the legacy protocol's JSON)?
-        self.awaited:int|None = None # replies awaited when the current read of the socket began
-        self.reads = 0 # reads of the socket so far, while it acknowledges
-        self.watch:asyncio.TimerHandle|None = None # the timer that acknowledges once the socket is quiet (`_quiet`)
-
-    def __repr__(self): return f"KernelWebsocket({self.server.url}, {self.kernel_id})"
-
-# %% ../nbs/08_remote.ipynb #eae5815a
-_QUICKACK = getattr(socket, 'TCP_QUICKACK', None) # Linux only
-
-def _quickack(sock:socket.socket):
-    "Acknowledge what arrived on `sock` now, and delay the ACKs of what comes next as before (Linux)"
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1) # sends the ACK the kernel was delaying...
-        sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 0) # ...without staying in its quick-ACK mode, which would ACK every segment
-    except OSError: pass
-
-class _Listener(WSListener):
-    "picows' listener of one connection of `ws`: it sets up `ws` for the connection, gives it each frame, and its end resolves `dropped`"
-    def __init__(self, ws:KernelWebsocket, dropped:asyncio.Future):
-        super().__init__()
-        self.ws, self.dropped = ws, dropped
-
-    def on_ws_connected(self, transport):
-        "Before the first frame (which may come in the read that ends the handshake): the protocol, and the socket to acknowledge on"
-        ws = self.ws
-        ws.protocol = 'v1' if transport.response.headers.get('Sec-WebSocket-Protocol') == V1 else 'legacy'
-        ws.sock = transport.underlying_transport.get_extra_info('socket') if ws.quickack and _QUICKACK is not None else None
-        if ws.sock is not None: _quickack(ws.sock)
-        ws.parts, ws.awaited = [], None
-
-    def on_ws_frame(self, transport, frame): self.ws._on_frame(transport, frame)
-
-    def on_ws_disconnected(self, transport):
-        if not self.dropped.done(): self.dropped.set_result(None)
-
-class _Scrubbed(logging.LoggerAdapter):
-    """picows' logger for connections to `server`: it scrubs the server's secrets (picows logs the upgrade request at its
-    lowest level); its info lines (each connection made and closed) and its warnings that writing pauses and resumes
-    (a large batch outrunning the socket: the rest waits in its buffer) are expected events, so debug ones here"""
-    def log(self, level, msg, *args, **kwargs):
-        if level == logging.INFO or str(msg).startswith('Protocol writing'): level = logging.DEBUG
-        if self.isEnabledFor(level): self.logger.log(level, self.extra['server'].scrub(str(msg) % args if args else str(msg)), **kwargs)
-
-# %% ../nbs/08_remote.ipynb #4d70bd8e
-@patch
-def start(self:KernelWebsocket):
-    "Start connecting, on the running loop, unless already started"
-    if self.task is None: self.task = asyncio.get_running_loop().create_task(self._run())
-
-def _tls_context(server:Server) -> ssl.SSLContext:
-    "The TLS context of a wss connection to `server`, from its certificate options, as tornado makes it for REST"
-    ctx = ssl.create_default_context(cafile=server.ca_certs)
-    if not server.validate_cert: ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    if server.client_cert is not None: ctx.load_cert_chain(server.client_cert, server.client_key)
-    return ctx
-
-def _upgrade_headers(server:Server, req:HTTPRequest, subprotocol:str|None) -> dict[str,str]:
-    "The headers of the websocket upgrade `req`: the server's (token, cookies, XSRF), HTTP basic auth as tornado sends it, the subprotocol"
-    headers = dict(req.headers)
-    if server.http_user is not None:
-        headers['Authorization'] = 'Basic ' + base64.b64encode(f'{server.http_user}:{server._http_pwd or ""}'.encode()).decode()
-    if subprotocol: headers['Sec-WebSocket-Protocol'] = subprotocol
-    return headers
-
-def _answer(req:HTTPRequest, refused:WSHandshakeError) -> HTTPResponse:
-    "The server's refusal of the websocket upgrade `req`, as the HTTP answer the server notebook names errors from"
-    headers = HTTPHeaders()
-    for k, v in refused.response.headers.items(): headers.add(k, v)
-    return HTTPResponse(req, int(refused.response.status), headers=headers, buffer=io.BytesIO(refused.raw_body or b''))
-
-@patch
-async def _connect(self:KernelWebsocket):
-    "Open the websocket, whose closing resolves a `dropped` future of its own; an HTTP refusal is the named error of its status"
-    path = f'/api/kernels/{self.kernel_id}/channels?session_id={self.session.session}'
-    dropped = asyncio.get_running_loop().create_future()
-    await self.server.log_in()
-    req = self.server.request(path, ws=True)
-    wait = self.ping_timeout or self.ping_interval or 0
-    try:
-        conn, _ = await asyncio.wait_for(ws_connect(
-            lambda: _Listener(self, dropped), req.url, extra_headers=_upgrade_headers(self.server, req, self.subprotocol),
-            ssl_context=_tls_context(self.server) if req.url.startswith('wss:') else None,
-            max_frame_size=2**31 - 1, max_redirects=0, disconnect_on_exception=False,
-            websocket_handshake_timeout=self.server.request_timeout, logger_name=_Scrubbed(_PICOWS_LOG, {'server': self.server}),
-            enable_auto_ping=self.ping_interval is not None, auto_ping_idle_timeout=self.ping_interval or 1, auto_ping_reply_timeout=wait or 1,
-            auto_ping_strategy=WSAutoPingStrategy.PING_PERIODICALLY), self.server.connect_timeout + self.server.request_timeout)
-    except WSHandshakeError as e:
-        if e.response is None: raise _unreachable(self.server, e) from None
-        raise await _refused(self.server, _answer(req, e), f"the websocket of kernel {self.kernel_id}") from None
-    except TimeoutError: raise ServerTimeoutError(f"{self.server.url} did not answer the websocket upgrade in time") from None
-    except ConnectionRefusedError as e: # asyncio says "Connect call failed": say what happened, as for REST
-        raise _unreachable(self.server, ConnectionRefusedError(e.errno, os.strerror(e.errno))) from None
-    except OSError as e: raise _unreachable(self.server, e) from None
-    if conn.is_disconnected: # picows returns, without an error, a connection that closed before the upgrade's answer
-        said = f"{self.server.url} closed the connection during the websocket upgrade"
-        if req.url.startswith('wss:') and self.server.client_cert is None: # TLS 1.3 refuses a missing client certificate so
-            raise ServerTLSError(f"{said}: if it wants a client certificate, pass client_cert= and client_key=")
-        raise ServerUnreachableError(said)
-    headers = HTTPHeaders()
-    for k, v in conn.response.headers.items(): headers.add(k, v)
-    self.server.took(headers)
-    self.request, self.dropped = req, dropped
-    return conn
-
-@patch
-def _gone(self:KernelWebsocket, e:ConKernelError, since:float|None) -> ConKernelError|None:
-    "The error that ends the connection for good after `e` (the first connection's, or a drop's `since` then), or None to retry"
-    if since is None or isinstance(e, ServerAuthError): return e
-    if isinstance(e, KernelNotFoundError): return KernelDiedError(f"kernel {self.kernel_id} is gone from {self.server.url}")
-    if isinstance(e, ServerNotRunningError): return KernelDiedError(f"kernel {self.kernel_id} is gone with the user's server: {e}")
-    if time.monotonic() - since > self.reconnect_timeout:
-        return ConnectionLostError(f"the websocket of kernel {self.kernel_id} dropped, and reconnecting failed for "
-                                   f"{self.reconnect_timeout} s: {e}")
-
-@patch
-async def _run(self:KernelWebsocket):
-    "Connect; reconnect after each drop, with backoff, until `reconnect_timeout`; then tell `on_lost`"
-    since = None
-    while True:
-        if since is not None: await asyncio.sleep(min(2, 0.25 * 2 ** self.drops)) # let the server see the drop first
-        try: conn = await self._connect()
-        except ConKernelError as e:
-            if (gone := self._gone(e, since)) is not None: return self.on_lost(gone)
-            if isinstance(e, ServerRefusedError) and self.on_refused is not None: self.on_refused(e)
-            self.drops += 1
-            continue
-        self.conn, self.drops = conn, 0
-        waiting, self.waiting = self.waiting, []
-        if since is not None and self.on_reconnect is not None: self.on_reconnect({m['header']['msg_id'] for _, m in waiting})
-        for name, msg in waiting: self._write(name, msg)
-        for ch in self.channels.values(): ch.listening.set()
-        await self.dropped
-        self.conn, self.sock, since = None, None, time.monotonic()
-        log.warning("the websocket of kernel %s dropped: reconnecting", self.kernel_id)
-
-# %% ../nbs/08_remote.ipynb #a3df99a4
-_DATA = (WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CONTINUATION)
-_FEW = 4 # requests awaiting replies, at most, for a read to be acknowledged at once
-_QUIET = 0.003 # seconds without a read after which what came last is acknowledged (the delayed ACK's is 0.04)
-
-@patch
-def _on_frame(self:KernelWebsocket, transport, frame):
-    "Put each message together from its frames and deliver it; at the end of a read, acknowledge it now or once the socket is quiet"
-    if self.sock is not None and self.awaited is None: # the read's first frame
-        self.awaited = sum(len(ch.unanswered) for ch in self.channels.values())
-    kind = frame.msg_type
-    if kind == WSMsgType.BINARY and frame.fin and not self.parts: self._on_message(frame.get_payload_as_bytes()) # the usual case
-    elif kind in _DATA:
-        if kind != WSMsgType.CONTINUATION: self.text = kind == WSMsgType.TEXT
-        self.parts.append(frame.get_payload_as_bytes())
-        if frame.fin:
-            data = b''.join(self.parts)
-            self.parts.clear()
-            self._on_message(data.decode() if self.text else data)
-    elif kind == WSMsgType.CLOSE:
-        transport.send_close(frame.get_close_code())
-        transport.disconnect()
-    if frame.last_in_buffer and self.sock is not None:
-        self.reads += 1
-        if 0 < self.awaited <= _FEW: _quickack(self.sock)
-        elif self.watch is None: self.watch = asyncio.get_running_loop().call_later(_QUIET, self._quiet, self.reads)
-        self.awaited = None
-
-@patch
-def _quiet(self:KernelWebsocket, reads:int):
-    "The watch on a socket that read `reads` times when it began: acknowledge if no read came since, else watch on"
-    self.watch = None
-    if self.sock is None: return
-    if self.reads == reads: _quickack(self.sock)
-    else: self.watch = asyncio.get_running_loop().call_later(_QUIET, self._quiet, self.reads)
-
-@patch
-def _on_message(self:KernelWebsocket, data:str|bytes):
-    "Deliver one websocket message to its channel, as the frames a ZMQ socket would have given"
-    self.heard = time.monotonic()
-    try:
-        name, frames = v1_unpack(data) if self.protocol == 'v1' else legacy_unpack(data)
-        ch = self.channels[name]
-    except Exception as e:
-        log.warning("skipped an unreadable websocket message: %r", e)
-        return
-    if name == 'iopub' and frames[1] == b'{}' and self.on_status is not None: self._status(frames)
-    ch.received([b'', *frames]) # unsigned: the server checked the kernel's signature
-
-@patch
-def _status(self:KernelWebsocket, frames:list[bytes]):
-    "Tell `on_status` the state of a parentless iopub status message"
-    try:
-        if json.loads(frames[0]).get('msg_type') != 'status': return
-        state = json.loads(frames[3]).get('execution_state')
-    except (ValueError, AttributeError): return
-    self.on_status(state)
-
-# %% ../nbs/08_remote.ipynb #0604a8a9
-@patch
-def send(self:KernelWebsocket, channel:str, msg:dict):
-    "Send `msg` on `channel`; while disconnected it waits, in order, for the next connection"
-    if self.conn is None: self.waiting.append((channel, msg))
-    else: self._write(channel, msg)
-
-@patch
-def _write(self:KernelWebsocket, channel:str, msg:dict):
-    "Write `msg` in the connection's protocol; if the connection has just closed, keep it for the next one"
-    if self.conn.is_disconnected or self.conn.is_close_frame_sent: return self.waiting.append((channel, msg))
-    if self.protocol == 'v1':
-        pack = lambda part: part if isinstance(part, bytes) else self.session.pack(part) # content may be packed already
-        data = v1_pack(channel, [pack(msg['header']), pack(msg['parent_header']), pack(msg['metadata']),
-                                 pack(msg['content']), *map(bytes, msg.get('buffers') or [])])
-    else: data = legacy_pack(channel, msg)
-    if isinstance(data, bytes): self.conn.send(WSMsgType.BINARY, data)
-    else: self.conn.send(WSMsgType.TEXT, data.encode())
-
-@patch
-def close(self:KernelWebsocket):
-    "Stop reconnecting and close the connection (from synchronous code too: `stop_channels` then runs the loop)"
-    try: me = asyncio.current_task()
-    except RuntimeError: me = None # no loop runs here
-    if self.task is not None and self.task is not me: self.task.cancel()
-    if self.watch is not None: self.watch.cancel()
-    if self.conn is not None:
-        self.conn.send_close(WSCloseCode.OK)
-        self.conn.disconnect()
-    self.conn = None
-
-# %% ../nbs/08_remote.ipynb #b3b379aa
-class WebsocketChannel(RoutedChannel):
-    "A routed channel whose messages travel on the kernel's websocket, as channel `name`"
-    def __init__(self, ws:KernelWebsocket, name:str):
-        super().__init__(ws.session)
-        self.ws, self.name = ws, name
-        ws.channels[name] = self
-        if ws.conn is not None: self.listening.set()
-
-    def start(self):
-        "Start the websocket on the running loop, which becomes the channel's loop"
-        if self.loop is None:
-            self.loop = asyncio.get_running_loop()
-            self.ws.start()
-
-    def transmit(self, msg:dict):
-        "Message out: write `msg` to the websocket as channel `name` (it waits for a reconnection while the websocket is down)"
-        self.ws.send(self.name, msg)
+__all__ = ['RemoteKernelClient', 'ReplyLostError', 'RemoteKernelManager', 'KernelLaunchTimeoutError']
 
 # %% ../nbs/08_remote.ipynb #b03553e7
 class _NoHeartbeat:
@@ -371,7 +43,7 @@ class _NoHeartbeat:
 # %% ../nbs/08_remote.ipynb #b80a4af7
 def _keyless_session() -> ConSession:
     "A session that signs nothing (the server signs), made without jupyter_client's warning that signing is disabled"
-    logger = get_logger()
+    logger = cast(logging.Logger, get_logger()) # traitlets' own logger, a Logger unless an app set an adapter
     quiet = lambda record: 'signing is disabled' not in record.getMessage()
     logger.addFilter(quiet)
     try: return ConSession(key=b'')
@@ -418,7 +90,7 @@ class RemoteKernelClient(ConKernelClient):
 # %% ../nbs/08_remote.ipynb #e4642933
 async def _alive(server:Server, kernel_id:str) -> bool:
     "Does `server` have kernel `kernel_id`, not dead? Its REST model says"
-    try: model = await call(server, f'/api/kernels/{kernel_id}', what=f'kernel {kernel_id}')
+    try: model = cast(dict, await call(server, f'/api/kernels/{kernel_id}', what=f'kernel {kernel_id}')) # a kernel's model
     except KernelNotFoundError: return False
     return model.get('execution_state') != 'dead'
 
@@ -566,7 +238,7 @@ async def start_kernel(self:RemoteKernelManager, env:dict[str,str]|None=None, cw
     if self.kernel_name: body['name'] = self.kernel_name
     if cwd is not None: body['path'] = cwd
     what = f"a new {self.kernel_name!r} kernel" if self.kernel_name else "a new kernel of its default spec"
-    try: model = await call(self.server, '/api/kernels', 'POST', body, what=what, timeout=self.server.launch_timeout)
+    try: model = cast(dict, await call(self.server, '/api/kernels', 'POST', body, what=what, timeout=self.server.launch_timeout))
     except ServerTimeoutError: raise await self._orphan(kid) from None
     self.kernel_id, self.kernel_name = model['id'], model.get('name') or self.kernel_name
 
@@ -597,8 +269,8 @@ async def interrupt_kernel(self:RemoteKernelManager):
 async def interrupt_mode(self:RemoteKernelManager) -> str:
     "How the kernel asks to be interrupted, as its kernel spec on the server says: 'signal' or 'message'"
     if self._interrupt_mode is None:
-        name = (await call(self.server, self._path(), what=f'kernel {self.kernel_id}'))['name']
-        spec = await call(self.server, f'/api/kernelspecs/{name}', what=f'kernel spec {name!r}')
+        name = cast(dict, await call(self.server, self._path(), what=f'kernel {self.kernel_id}'))['name'] # REST models are objects
+        spec = cast(dict, await call(self.server, f'/api/kernelspecs/{name}', what=f'kernel spec {name!r}'))
         self._interrupt_mode = spec['spec'].get('interrupt_mode', 'signal')
     return self._interrupt_mode
 
@@ -627,78 +299,3 @@ def client(self:RemoteKernelManager, **kwargs) -> RemoteKernelClient:
     kc = RemoteKernelClient(self.server, self.kernel_id, parent=self, **kwargs)
     self.clients.add(kc)
     return kc
-
-# %% ../nbs/08_remote.ipynb #840e510b
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-class LocalServer:
-    "`async with LocalServer() as srv:` a `jupyter server` (`kind='gateway'`: `jupyter kernelgateway`) on loopback, at `srv.url`"
-    def __init__(self, kind:str='server',
-                 args:tuple[str,...]=(), # more command-line options for the server
-                 kernels:dict[str,KernelSpec]|None=None, # kernel specs the server offers besides the installed ones
-                 token:str|None=None, # default: a random one; '': no token (a cookie session)
-                 scheme:str='http', # 'https' for a server given a certificate in `args`
-                 **options): # `Server` options to reach it with (`ca_certs`, `password`, ...)
-        if kind not in ('server', 'gateway'): raise ValueError(f"kind is 'server' or 'gateway', not {kind!r}")
-        self.kind, self.args, self.kernels, self.port = kind, args, kernels or {}, _free_port()
-        self.token, self.options = new_id() if token is None else token, options
-        self.url, self.proc = f'{scheme}://127.0.0.1:{self.port}', None
-
-    def __repr__(self): return f"LocalServer({self.kind!r}, {self.url})"
-
-    def command(self, root:str) -> list[str]:
-        "The command line that starts the server, serving `root`"
-        if self.kind == 'server':
-            opts = dict(ip='127.0.0.1', port=self.port, port_retries=0, open_browser=False, root_dir=root, allow_root=True)
-            return [sys.executable, '-m', 'jupyter_server', *(f'--ServerApp.{k}={v}' for k, v in opts.items()),
-                    f'--IdentityProvider.token={self.token}', *self.args]
-        opts = dict(ip='127.0.0.1', port=self.port, port_retries=0, auth_token=self.token)
-        return [sys.executable, '-m', 'kernel_gateway', *(f'--KernelGatewayApp.{k}={v}' for k, v in opts.items()), *self.args]
-
-# %% ../nbs/08_remote.ipynb #26e16ebf
-@patch
-async def __aenter__(self:LocalServer) -> LocalServer:
-    self.dir = tempfile.TemporaryDirectory(prefix=f'conkernelclient-{self.kind}-')
-    self.log = open(os.path.join(self.dir.name, 'log'), 'w+')
-    for name, spec in self.kernels.items():
-        os.makedirs(d := os.path.join(self.dir.name, 'kernels', name))
-        with open(os.path.join(d, 'kernel.json'), 'w') as f: json.dump(spec.to_dict(), f)
-    # runtime, data and config directories of its own: its kernel specs are the installed ones and `kernels`
-    env = dict(os.environ, JUPYTER_RUNTIME_DIR=self.dir.name, JUPYTER_DATA_DIR=self.dir.name, JUPYTER_CONFIG_DIR=self.dir.name)
-    self.proc = subprocess.Popen(self.command(self.dir.name), stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                 cwd=self.dir.name, start_new_session=True)
-    try: await self._until_up()
-    except BaseException:
-        await self.__aexit__()
-        raise
-    return self
-
-@patch
-async def _until_up(self:LocalServer, timeout:float=60):
-    "Wait until the server answers `/api`"
-    server, deadline = Server(self.url, self.token, **self.options), time.monotonic() + timeout
-    while True:
-        if self.proc.poll() is not None:
-            self.log.seek(0)
-            raise ServerUnreachableError(f"{self.kind} exited with {self.proc.returncode}: {self.log.read()[-2000:]}")
-        try: return await call(server, '/api')
-        except ServerTLSError: raise # no use waiting: the certificates are wrong
-        except ServerUnreachableError:
-            if time.monotonic() > deadline: raise
-        await asyncio.sleep(0.05)
-
-@patch
-async def __aexit__(self:LocalServer, *exc):
-    "Stop the server (it shuts its kernels down), killing it if it has not exited in 10 s"
-    if self.proc.poll() is None:
-        self.proc.terminate()
-        for _ in range(200):
-            if self.proc.poll() is not None: break
-            await asyncio.sleep(0.05)
-        else: os.killpg(self.proc.pid, 9)
-    self.proc.wait()
-    self.log.close()
-    self.dir.cleanup()

@@ -6,12 +6,14 @@ Docs: https://conkernelclient.github.io/conkernelclient/server.html.md"""
 
 # %% ../nbs/07_server.ipynb #a93f4442
 from __future__ import annotations
-import json, logging, os, ssl
+import asyncio, json, logging, os, socket, ssl, subprocess, sys, tempfile, time
 from http.cookies import CookieError, SimpleCookie
-from typing import Callable
+from typing import Callable, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from fastcore.basics import patch
+from jupyter_client.kernelspec import KernelSpec
+from jupyter_client.session import new_id
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.httputil import HTTPHeaders
 from tornado.simple_httpclient import HTTPTimeoutError
@@ -22,7 +24,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['ServerError', 'ServerAuthError', 'KernelNotFoundError', 'NoAPIError', 'ServerNotRunningError',
-           'ServerUnreachableError', 'ServerRefusedError', 'ServerTLSError', 'ServerTimeoutError', 'Server']
+           'ServerUnreachableError', 'ServerRefusedError', 'ServerTLSError', 'ServerTimeoutError', 'Server',
+           'LocalServer']
 
 # %% ../nbs/07_server.ipynb #e9bd9834
 class ServerError(ConKernelError):
@@ -260,3 +263,78 @@ async def call(server:Server, path:str, method:str='GET', body:dict|None=None, w
     resp = await server.fetch(server.request(path, method, body if body is not None or method != 'POST' else {}, timeout=timeout))
     if resp.code >= 300: raise await _refused(server, resp, what or f"{method} {path}")
     return json.loads(resp.body) if resp.body else None
+
+# %% ../nbs/07_server.ipynb #840e510b
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+class LocalServer:
+    "`async with LocalServer() as srv:` a `jupyter server` (`kind='gateway'`: `jupyter kernelgateway`) on loopback, at `srv.url`"
+    def __init__(self, kind:str='server',
+                 args:tuple[str,...]=(), # more command-line options for the server
+                 kernels:dict[str,KernelSpec]|None=None, # kernel specs the server offers besides the installed ones
+                 token:str|None=None, # default: a random one; '': no token (a cookie session)
+                 scheme:str='http', # 'https' for a server given a certificate in `args`
+                 **options): # `Server` options to reach it with (`ca_certs`, `password`, ...)
+        if kind not in ('server', 'gateway'): raise ValueError(f"kind is 'server' or 'gateway', not {kind!r}")
+        self.kind, self.args, self.kernels, self.port = kind, args, kernels or {}, _free_port()
+        self.token, self.options = new_id() if token is None else token, options
+        self.url, self.proc = f'{scheme}://127.0.0.1:{self.port}', cast(subprocess.Popen, None) # started by `__aenter__`
+
+    def __repr__(self): return f"LocalServer({self.kind!r}, {self.url})"
+
+    def command(self, root:str) -> list[str]:
+        "The command line that starts the server, serving `root`"
+        if self.kind == 'server':
+            opts = dict(ip='127.0.0.1', port=self.port, port_retries=0, open_browser=False, root_dir=root, allow_root=True)
+            return [sys.executable, '-m', 'jupyter_server', *(f'--ServerApp.{k}={v}' for k, v in opts.items()),
+                    f'--IdentityProvider.token={self.token}', *self.args]
+        opts = dict(ip='127.0.0.1', port=self.port, port_retries=0, auth_token=self.token)
+        return [sys.executable, '-m', 'kernel_gateway', *(f'--KernelGatewayApp.{k}={v}' for k, v in opts.items()), *self.args]
+
+# %% ../nbs/07_server.ipynb #26e16ebf
+@patch
+async def __aenter__(self:LocalServer) -> LocalServer:
+    self.dir = tempfile.TemporaryDirectory(prefix=f'conkernelclient-{self.kind}-')
+    self.log = open(os.path.join(self.dir.name, 'log'), 'w+')
+    for name, spec in self.kernels.items():
+        os.makedirs(d := os.path.join(self.dir.name, 'kernels', name))
+        with open(os.path.join(d, 'kernel.json'), 'w') as f: json.dump(spec.to_dict(), f)
+    # runtime, data and config directories of its own: its kernel specs are the installed ones and `kernels`
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=self.dir.name, JUPYTER_DATA_DIR=self.dir.name, JUPYTER_CONFIG_DIR=self.dir.name)
+    self.proc = subprocess.Popen(self.command(self.dir.name), stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                 cwd=self.dir.name, start_new_session=True)
+    try: await self._until_up()
+    except BaseException:
+        await self.__aexit__()
+        raise
+    return self
+
+@patch
+async def _until_up(self:LocalServer, timeout:float=60):
+    "Wait until the server answers `/api`"
+    server, deadline = Server(self.url, self.token, **self.options), time.monotonic() + timeout
+    while True:
+        if self.proc.poll() is not None:
+            self.log.seek(0)
+            raise ServerUnreachableError(f"{self.kind} exited with {self.proc.returncode}: {self.log.read()[-2000:]}")
+        try: return await call(server, '/api')
+        except ServerTLSError: raise # no use waiting: the certificates are wrong
+        except ServerUnreachableError:
+            if time.monotonic() > deadline: raise
+        await asyncio.sleep(0.05)
+
+@patch
+async def __aexit__(self:LocalServer, *exc):
+    "Stop the server (it shuts its kernels down), killing it if it has not exited in 10 s"
+    if self.proc.poll() is None:
+        self.proc.terminate()
+        for _ in range(200):
+            if self.proc.poll() is not None: break
+            await asyncio.sleep(0.05)
+        else: os.killpg(self.proc.pid, 9)
+    self.proc.wait()
+    self.log.close()
+    self.dir.cleanup()

@@ -11,7 +11,8 @@ from jupyter_client.session import Session
 from conkernelclient import ConKernelClient, ConKernelManager
 from conkernelclient.channel import RoutedChannel
 from conkernelclient.routing import is_idle
-from conkernelclient.remote import LocalServer, RemoteKernelClient, RemoteKernelManager, ServerUnreachableError
+from conkernelclient.remote import RemoteKernelClient, RemoteKernelManager
+from conkernelclient.server import LocalServer, ServerUnreachableError
 
 
 class Gate:

@@ -16,9 +16,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from jupyter_server.auth import passwd
 
 from conkernelclient import KernelDiedError
-from conkernelclient.remote import (KernelLaunchTimeoutError, LocalServer, NoAPIError, RemoteKernelManager, Server,
-                                    ServerAuthError, ServerError, ServerNotRunningError, ServerTLSError,
-                                    ServerUnreachableError, call)
+from conkernelclient.remote import KernelLaunchTimeoutError, RemoteKernelManager
+from conkernelclient.server import (LocalServer, NoAPIError, Server, ServerAuthError, ServerError, ServerNotRunningError,
+                                    ServerTLSError, ServerUnreachableError, call)
 from kit import Relay, Remote, ask, check, running
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
@@ -465,7 +465,7 @@ class Hub:
     SimpleLocalProcessSpawner and DummyAuthenticator, user `ann`, and service `runner` whose token (`hub.service_token`)
     has `access:servers`; stopped (with its proxy and user servers) on exit"""
     def __init__(self, root):
-        from conkernelclient.remote import _free_port
+        from conkernelclient.server import _free_port
         self.root, self.port, self.api_port, self.hub_port = root, _free_port(), _free_port(), _free_port()
         self.url, self.service_token, self.proc = f'http://127.0.0.1:{self.port}', 'service-' + os.urandom(8).hex(), None
 

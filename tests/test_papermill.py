@@ -15,7 +15,8 @@ from jupyter_client.kernelspec import KernelSpec
 from papermill.exceptions import PapermillExecutionError
 
 from conkernelclient.core import ConKernelManager
-from conkernelclient.remote import LocalServer, RemoteKernelManager, Server, call
+from conkernelclient.remote import RemoteKernelManager
+from conkernelclient.server import LocalServer, Server, call
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 

@@ -14,9 +14,9 @@ import conkernelclient.runs # noqa: F401 (kc.run, kc.subshell)
 from conkernelclient import KernelDiedError, KernelRestartedError
 from conkernelclient.cli import command
 from conkernelclient.stubkernel import stub_spec
-from conkernelclient.remote import (ConnectionLostError, KernelNotFoundError, LocalServer, RemoteKernelClient,
-                                    RemoteKernelManager, ReplyLostError, Server, ServerAuthError, ServerGoneError,
-                                    ServerUnreachableError, call)
+from conkernelclient.remote import RemoteKernelClient, RemoteKernelManager, ReplyLostError
+from conkernelclient.server import KernelNotFoundError, LocalServer, Server, ServerAuthError, ServerUnreachableError, call
+from conkernelclient.websocket import ConnectionLostError, ServerGoneError
 from kit import Gate, Relay, Remote, ask, check, collect, running, started
 
 pytestmark = pytest.mark.timeout(120)
