@@ -8,6 +8,7 @@ Docs: https://conkernelclient.github.io/conkernelclient/papermill.html.md"""
 from __future__ import annotations
 import asyncio, logging, os, signal, threading, warnings
 from contextlib import contextmanager
+from typing import Awaitable, cast
 from urllib.parse import quote
 
 import nbformat
@@ -52,7 +53,7 @@ class ConNotebookClient(PapermillNotebookClient):
 # %% ../nbs/13_papermill.ipynb #3e230033
 async def _start(kc:ConKernelClient, timeout:float):
     "Start `kc`'s channels and wait for the kernel's answer: `TimeoutError` after `timeout` s, the connection's wait included"
-    try: await asyncio.wait_for(kc.start_channels(), timeout)
+    try: await asyncio.wait_for(cast(Awaitable, kc.start_channels()), timeout) # `core` makes it awaitable, unseen by mypy
     except TimeoutError as e: raise TimeoutError(str(e) or f"the kernel did not answer within {timeout} s") from None
 
 # %% ../nbs/13_papermill.ipynb #b8e2636c
@@ -95,7 +96,7 @@ def _api_path(cwd:str, root:str) -> str:
 async def _check_dir(server:Server, path:str):
     "`RemoteCwdError` unless `server` has directory `path` under its root, or serves no files to ask (a gateway)"
     if not path: return
-    try: model = await call(server, f'/api/contents/{quote(path)}?content=0', what=f"directory {path!r}")
+    try: model = cast(dict, await call(server, f'/api/contents/{quote(path)}?content=0', what=f"directory {path!r}")) # a REST model
     except KernelNotFoundError:
         try: await call(server, '/api/contents?content=0', what="its contents")
         except KernelNotFoundError: return # no contents API: a gateway resolves `path` itself
@@ -159,7 +160,7 @@ ConNotebookClient.execute_cell = run_sync(ConNotebookClient.async_execute_cell)
 @patch
 def _ended(self:ConNotebookClient, e:KeyboardInterrupt):
     "The run was ended from outside by `e`: record it in the cell running, if one is, and cancel its task quietly"
-    if self.cell_task is None or self.cell_task.done(): return
+    if self.cell is None or self.cell_task is None or self.cell_task.done(): return
     _record_failure(self.cell, type(e).__name__, "the run was ended during this cell, and its kernel shut down")
     self.nb_man.cell_exception(self.cell)
     self.cell_task.add_done_callback(_retrieved) # nbclient turns the cancellation into a `DeadKernelError`
@@ -192,7 +193,7 @@ async def _async_poll_for_reply(self:ConNotebookClient, msg_id:str, cell:nbforma
         self.nb_man.cell_exception(cell)
         raise DeadKernelError(str(e)) from e
     finally: reply.cancel()
-    if not interrupted: return msg
+    if not interrupted: return cast(dict, msg) # the reply
     return {'content': _record_failure(cell, 'CellTimeoutError', f"the cell ran past the execution timeout of {timeout} s, and was interrupted")}
 
 # %% ../nbs/13_papermill.ipynb #963df9e2

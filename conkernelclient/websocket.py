@@ -6,8 +6,8 @@ Docs: https://conkernelclient.github.io/conkernelclient/websocket.html.md"""
 
 # %% ../nbs/07a_websocket.ipynb #ab070004
 from __future__ import annotations
-import asyncio, base64, io, json, logging, os, socket, ssl, struct, time
-from typing import Callable
+import asyncio, base64, errno, io, json, logging, os, socket, ssl, struct, time
+from typing import Callable, cast
 
 from fastcore.basics import patch
 
@@ -114,6 +114,7 @@ _QUICKACK = getattr(socket, 'TCP_QUICKACK', None) # Linux only
 
 def _quickack(sock:socket.socket):
     "Acknowledge what arrived on `sock` now, and delay the ACKs of what comes next as before (Linux)"
+    if _QUICKACK is None: return
     try:
         sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1) # sends the ACK the kernel was delaying...
         sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 0) # ...without staying in its quick-ACK mode, which would ACK every segment
@@ -144,7 +145,7 @@ class _Scrubbed(logging.LoggerAdapter):
     (a large batch outrunning the socket: the rest waits in its buffer) are expected events, so debug ones here"""
     def log(self, level, msg, *args, **kwargs):
         if level == logging.INFO or str(msg).startswith('Protocol writing'): level = logging.DEBUG
-        if self.isEnabledFor(level): self.logger.log(level, self.extra['server'].scrub(str(msg) % args if args else str(msg)), **kwargs)
+        if self.isEnabledFor(level): self.logger.log(level, cast(Server, cast(dict, self.extra)['server']).scrub(str(msg) % args if args else str(msg)), **kwargs)
 
 # %% ../nbs/07a_websocket.ipynb #4d70bd8e
 @patch
@@ -169,6 +170,7 @@ def _upgrade_headers(server:Server, req:HTTPRequest, subprotocol:str|None) -> di
 
 def _answer(req:HTTPRequest, refused:WSHandshakeError) -> HTTPResponse:
     "The server's refusal of the websocket upgrade `req`, as the HTTP answer the server notebook names errors from"
+    assert refused.response is not None, "an answer the server gave" # the caller checked
     headers = HTTPHeaders()
     for k, v in refused.response.headers.items(): headers.add(k, v)
     return HTTPResponse(req, int(refused.response.status), headers=headers, buffer=io.BytesIO(refused.raw_body or b''))
@@ -194,7 +196,7 @@ async def _connect(self:KernelWebsocket):
         raise await _refused(self.server, _answer(req, e), f"the websocket of kernel {self.kernel_id}") from None
     except TimeoutError: raise ServerTimeoutError(f"{self.server.url} did not answer the websocket upgrade in time") from None
     except ConnectionRefusedError as e: # asyncio says "Connect call failed": say what happened, as for REST
-        raise _unreachable(self.server, ConnectionRefusedError(e.errno, os.strerror(e.errno))) from None
+        raise _unreachable(self.server, ConnectionRefusedError(errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED))) from None
     except OSError as e: raise _unreachable(self.server, e) from None
     if conn.is_disconnected: # picows returns, without an error, a connection that closed before the upgrade's answer
         said = f"{self.server.url} closed the connection during the websocket upgrade"
@@ -216,6 +218,7 @@ def _gone(self:KernelWebsocket, e:ConKernelError, since:float|None) -> ConKernel
     if time.monotonic() - since > self.reconnect_timeout:
         return ConnectionLostError(f"the websocket of kernel {self.kernel_id} dropped, and reconnecting failed for "
                                    f"{self.reconnect_timeout} s: {e}")
+    return None
 
 @patch
 async def _run(self:KernelWebsocket):
@@ -225,7 +228,7 @@ async def _run(self:KernelWebsocket):
         if since is not None: await asyncio.sleep(min(2, 0.25 * 2 ** self.drops)) # let the server see the drop first
         try: conn = await self._connect()
         except ConKernelError as e:
-            if (gone := self._gone(e, since)) is not None: return self.on_lost(gone)
+            if (gone := self._gone(e, since)) is not None: return self.on_lost(gone) if self.on_lost is not None else None
             if isinstance(e, ServerRefusedError) and self.on_refused is not None: self.on_refused(e)
             self.drops += 1
             continue
@@ -234,7 +237,7 @@ async def _run(self:KernelWebsocket):
         if since is not None and self.on_reconnect is not None: self.on_reconnect({m['header']['msg_id'] for _, m in waiting})
         for name, msg in waiting: self._write(name, msg)
         for ch in self.channels.values(): ch.listening.set()
-        await self.dropped
+        await cast(asyncio.Future, self.dropped) # `_connect` made it
         self.conn, self.sock, since = None, None, time.monotonic()
         log.warning("the websocket of kernel %s dropped: reconnecting", self.kernel_id)
 
@@ -262,7 +265,7 @@ def _on_frame(self:KernelWebsocket, transport, frame):
         transport.disconnect()
     if frame.last_in_buffer and self.sock is not None:
         self.reads += 1
-        if 0 < self.awaited <= _FEW: _quickack(self.sock)
+        if 0 < (self.awaited or 0) <= _FEW: _quickack(self.sock)
         elif self.watch is None: self.watch = asyncio.get_running_loop().call_later(_QUIET, self._quiet, self.reads)
         self.awaited = None
 
@@ -279,7 +282,7 @@ def _on_message(self:KernelWebsocket, data:str|bytes):
     "Deliver one websocket message to its channel, as the frames a ZMQ socket would have given"
     self.heard = time.monotonic()
     try:
-        name, frames = v1_unpack(data) if self.protocol == 'v1' else legacy_unpack(data)
+        name, frames = v1_unpack(cast(bytes, data)) if self.protocol == 'v1' else legacy_unpack(data)
         ch = self.channels[name]
     except Exception as e:
         log.warning("skipped an unreadable websocket message: %r", e)
@@ -294,7 +297,7 @@ def _status(self:KernelWebsocket, frames:list[bytes]):
         if json.loads(frames[0]).get('msg_type') != 'status': return
         state = json.loads(frames[3]).get('execution_state')
     except (ValueError, AttributeError): return
-    self.on_status(state)
+    if self.on_status is not None: self.on_status(state)
 
 # %% ../nbs/07a_websocket.ipynb #0604a8a9
 @patch
@@ -307,6 +310,7 @@ def send(self:KernelWebsocket, channel:str, msg:dict):
 def _write(self:KernelWebsocket, channel:str, msg:dict):
     "Write `msg` in the connection's protocol; if the connection has just closed, keep it for the next one"
     if self.conn.is_disconnected or self.conn.is_close_frame_sent: return self.waiting.append((channel, msg))
+    data:str|bytes
     if self.protocol == 'v1':
         pack = lambda part: part if isinstance(part, bytes) else self.session.pack(part) # content may be packed already
         data = v1_pack(channel, [pack(msg['header']), pack(msg['parent_header']), pack(msg['metadata']),
