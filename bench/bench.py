@@ -1025,14 +1025,17 @@ async def _many(srv:LocalServer, plan:Plan) -> list[dict]:
     most, per, tally = max(plan.many), plan.many_requests, {}
     local, remote, clients = [], [], {}
     try:
+        # the local kernels first, each answering (so bound to its ports) before the next starts and before any remote
+        # one: a port jupyter_client chose and released can be taken meanwhile by a connection's ephemeral port
         for _ in range(most):
             local.append(await start_kernel('stub'))
+            clients.setdefault(ZMQ, []).append(await local[-1].client().start_channels())
+        for _ in range(most):
             remote.append(RemoteKernelManager(srv.url, srv.token, kernel_name='stub'))
             await remote[-1].start_kernel()
-        for transport, kms in zip(MANY_TRANSPORTS, (local, remote)):
-            clients[transport] = [await km.client().start_channels() for km in kms]
-            for kc in clients[transport]:
-                await pipelined(kc, 100); await settle(kc)
+        clients[WS] = [await km.client().start_channels() for km in remote]
+        for kc in (kc for kcs in clients.values() for kc in kcs):
+            await pipelined(kc, 100); await settle(kc)
         for _ in range(plan.repeats):
             for transport, kcs in clients.items():
                 runs = {(transport, k): (lambda _, k=k: at_once(kcs[:k], per), k * per, 1) for k in plan.many}
