@@ -19,7 +19,7 @@ from conkernelclient.channel import RoutedChannel, _retrieved
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['Cancelling']
+__all__ = []
 
 # %% ../nbs/04a_cancel.ipynb #29300b8c
 class _Alone:

@@ -26,8 +26,7 @@ log = logging.getLogger(__name__)
 _PICOWS_LOG = logging.getLogger('picows.client') # picows' own name for its client connections' logger
 
 # %% auto #0
-__all__ = ['V1', 'ConnectionLostError', 'ServerGoneError', 'v1_pack', 'v1_unpack', 'legacy_pack', 'legacy_unpack',
-           'KernelWebsocket', 'WebsocketChannel']
+__all__ = ['ConnectionLostError', 'ServerGoneError', 'WebsocketChannel']
 
 # %% ../nbs/07a_websocket.ipynb #8e055e01
 class ConnectionLostError(KernelDiedError):
