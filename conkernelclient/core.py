@@ -258,9 +258,13 @@ def start_channels(self:ConKernelClient, shell:bool=True, iopub:bool=True, stdin
 # %% ../nbs/05_core.ipynb #006a9e76
 @patch
 async def _until_ready(self:ConKernelClient) -> ConKernelClient:
-    "Wait for the readers to listen, then for the handshake; start the liveness check, or close the client if it fails"
-    await asyncio.gather(*(ch.listening.wait() for ch in self.routed))
-    try: await self._until_answered()
+    "Wait for the readers to listen, then for the handshake, within `startup_timeout` s in all; start the liveness check, or close the client if it fails"
+    deadline = time.monotonic() + self.startup_timeout
+    try:
+        try: await asyncio.wait_for(asyncio.gather(*(ch.listening.wait() for ch in self.routed)), self.startup_timeout)
+        except TimeoutError: raise TimeoutError(f"the kernel did not answer within {self.startup_timeout} s: "
+                                                "its channels never connected") from None
+        await self._until_answered(deadline)
     except (ConKernelError, TimeoutError) as e:
         self._close(e if isinstance(e, ConKernelError) else ChannelsClosedError(f"start-up failed: {e}"))
         raise
@@ -269,9 +273,9 @@ async def _until_ready(self:ConKernelClient) -> ConKernelClient:
 
 # %% ../nbs/05_core.ipynb #895df883
 @patch
-async def _until_answered(self:ConKernelClient):
-    "Repeat the handshake, each try waiting longer, until the kernel answers; or fail with what was observed"
-    deadline = time.monotonic() + self.startup_timeout
+async def _until_answered(self:ConKernelClient, deadline:float|None=None):
+    "Repeat the handshake, each try waiting longer, until the kernel answers by `deadline` (default: `startup_timeout` s from now); or fail with what was observed"
+    if deadline is None: deadline = time.monotonic() + self.startup_timeout
     channels = itertools.cycle((self.shell_channel, self.control_channel))
     for n in itertools.count():
         if await self._handshake(next(channels), min(1, 0.25 * 2**n), min(1, 0.05 * 2**n)):

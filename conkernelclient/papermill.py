@@ -50,12 +50,6 @@ class ConNotebookClient(PapermillNotebookClient):
         self.cell:nbformat.NotebookNode|None = None # the cell run last, or running
         self.cell_task:asyncio.Task|None = None # the task that runs it
 
-# %% ../nbs/13_papermill.ipynb #3e230033
-async def _start(kc:ConKernelClient, timeout:float):
-    "Start `kc`'s channels and wait for the kernel's answer: `TimeoutError` after `timeout` s, the connection's wait included"
-    try: await asyncio.wait_for(cast(Awaitable, kc.start_channels()), timeout) # `core` makes it awaitable, unseen by mypy
-    except TimeoutError as e: raise TimeoutError(str(e) or f"the kernel did not answer within {timeout} s") from None
-
 # %% ../nbs/13_papermill.ipynb #b8e2636c
 @patch
 async def async_start_new_kernel_client(self:ConNotebookClient) -> ConKernelClient:
@@ -65,7 +59,7 @@ async def async_start_new_kernel_client(self:ConNotebookClient) -> ConKernelClie
         raise TypeError(f"the kernel manager's client is a {type(kc).__name__}, not a ConKernelClient: pass km= a "
                         "ConKernelManager or a RemoteKernelManager, or leave km out")
     self.kc, kc.startup_timeout, kc.cancellable, kc.allow_stdin = kc, self.startup_timeout, True, False
-    try: await _start(kc, self.startup_timeout)
+    try: await cast(Awaitable, kc.start_channels()) # within `startup_timeout`, its connection included; `core` makes it awaitable, unseen by mypy
     except Exception as e:
         self.log.error("the kernel %s did not start: %s", getattr(self.km, 'kernel_id', None), e)
         await self._async_cleanup_kernel()
