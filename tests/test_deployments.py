@@ -502,15 +502,22 @@ c.JupyterHub.load_roles = [{{'name': 'runner', 'scopes': ['access:servers', 'ser
             await asyncio.sleep(0.1)
 
     async def __aexit__(self, *exc):
-        import signal
+        import psutil
+        # the hub starts its proxy and each user's server in sessions of their own: a hub that does not stop them in
+        # time leaves them to init, out of reach of its process group and of conftest's check of our children
+        try: spawned = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess: spawned = []
         if self.proc.poll() is None:
             self.proc.terminate()
             for _ in range(200):
                 if self.proc.poll() is not None: break
                 await asyncio.sleep(0.05)
-        try: os.killpg(self.proc.pid, signal.SIGKILL) # what is left of its group: the proxy, a user's server
-        except ProcessLookupError: pass
+            else: self.proc.kill()
         self.proc.wait()
+        for p in spawned:
+            try: p.kill()
+            except psutil.NoSuchProcess: pass
+        psutil.wait_procs(spawned, timeout=10)
         self.log.close()
 
     async def start(self, user:str='ann'):
