@@ -103,7 +103,8 @@ class KernelWebsocket:
         self.parts:list[bytes] = [] # the frames so far of a message that came in several
         self.text = False # is that message text (the legacy protocol's JSON)?
         self.awaited:int|None = None # replies awaited when the current read of the socket began
-        self.reads = 0 # reads of the socket so far, while it acknowledges
+        self.reads, self.acks = 0, 0 # reads of the socket so far; ACKs sent at once (`_ack`)
+        self.read_at, self.gap = 0.0, 0.0 # loop time of the last read's end; the time between reads, averaged (`_read_ended`)
         self.watch:asyncio.TimerHandle|None = None # the timer that acknowledges once the socket is quiet (`_quiet`)
 
     def __repr__(self): return f"KernelWebsocket({self.server.url}, {self.kernel_id})"
@@ -130,7 +131,7 @@ class _Listener(WSListener):
         ws = self.ws
         ws.protocol = 'v1' if transport.response.headers.get('Sec-WebSocket-Protocol') == V1 else 'legacy'
         ws.sock = transport.underlying_transport.get_extra_info('socket') if ws.quickack and _QUICKACK is not None else None
-        if ws.sock is not None: _quickack(ws.sock)
+        if ws.sock is not None: ws._ack()
         ws.parts, ws.awaited = [], None
 
     def on_ws_frame(self, transport, frame): self.ws._on_frame(transport, frame)
@@ -243,7 +244,7 @@ async def _run(self:KernelWebsocket):
 # %% ../nbs/07a_websocket.ipynb #a3df99a4
 _DATA = (WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CONTINUATION)
 _FEW = 4 # requests awaiting replies, at most, for a read to be acknowledged at once
-_QUIET = 0.003 # seconds without a read after which what came last is acknowledged (the delayed ACK's is 0.04)
+_QUIET, _QUIET_MOST = 0.003, 0.02 # bounds of the seconds without a read after which what came last is acknowledged (the delayed ACK's is 0.04)
 
 @patch
 def _on_frame(self:KernelWebsocket, transport, frame):
@@ -262,19 +263,39 @@ def _on_frame(self:KernelWebsocket, transport, frame):
     elif kind == WSMsgType.CLOSE:
         transport.send_close(frame.get_close_code())
         transport.disconnect()
-    if frame.last_in_buffer and self.sock is not None:
-        self.reads += 1
-        if 0 < (self.awaited or 0) <= _FEW: _quickack(self.sock)
-        elif self.watch is None: self.watch = asyncio.get_running_loop().call_later(_QUIET, self._quiet, self.reads)
+    if frame.last_in_buffer:
+        loop = asyncio.get_running_loop()
+        self._read_ended(loop.time())
+        if self.sock is None: return
+        if 0 < (self.awaited or 0) <= _FEW: self._ack()
+        elif self.watch is None: self.watch = loop.call_later(self.quiet_after(), self._quiet, self.reads)
         self.awaited = None
+
+@patch
+def _ack(self:KernelWebsocket):
+    "Acknowledge what the socket read, now"
+    self.acks += 1
+    _quickack(cast(socket.socket, self.sock))
+
+@patch
+def _read_ended(self:KernelWebsocket, now:float):
+    "Count a read of the socket that ended at loop time `now`, and average the time between reads (a longer one counts as `_QUIET_MOST`)"
+    self.reads += 1
+    self.gap += (min(now - self.read_at, _QUIET_MOST) - self.gap) / 8
+    self.read_at = now
+
+@patch
+def quiet_after(self:KernelWebsocket) -> float:
+    "Seconds without a read after which the socket counts as quiet: four of its average gaps between reads, within 3 ms and 20 ms"
+    return min(max(_QUIET, 4 * self.gap), _QUIET_MOST)
 
 @patch
 def _quiet(self:KernelWebsocket, reads:int):
     "The watch on a socket that read `reads` times when it began: acknowledge if no read came since, else watch on"
     self.watch = None
     if self.sock is None: return
-    if self.reads == reads: _quickack(self.sock)
-    else: self.watch = asyncio.get_running_loop().call_later(_QUIET, self._quiet, self.reads)
+    if self.reads == reads: self._ack()
+    else: self.watch = asyncio.get_running_loop().call_later(self.quiet_after(), self._quiet, self.reads)
 
 @patch
 def _on_message(self:KernelWebsocket, data:str|bytes):

@@ -181,6 +181,11 @@ def test_websocket(res):
     assert sorted((r['kernel'], r['transport'], r['in_flight']) for r in rows) == sorted(
         (k, t, i) for k in ('stub', 'python3') for t in ('ZMQ, direct', 'websocket', 'websocket, no QUICKACK') for i in (1, n))
     assert all(r['answered'] == r['sent'] > 0 and r['cpu_us'] > 0 for r in rows)
+    # the websocket's reads and ACKs are counted: every request needs a read; without QUICKACK none is sent at once
+    assert all(('reads' in r) == (r['transport'] != 'ZMQ, direct') for r in rows)
+    assert all(r['reads'] > 0 for r in rows if r['transport'] != 'ZMQ, direct')
+    assert all(r['acks'] == 0 for r in rows if r['transport'] == 'websocket, no QUICKACK')
+    assert all(r['acks'] > 0 for r in rows if r['transport'] == 'websocket' and r['in_flight'] == 1)
 
 
 def test_ws_libraries(res):
@@ -219,9 +224,11 @@ def test_many_kernels(res):
 def test_targets(res):
     """Every target has a value and a verdict (whatever it is): the stub kernel's, one per real kernel, the websocket's
     against ZMQ at 1 and the largest batch for each kernel behind the server, one per many-kernels transport"""
-    assert [t['unit'] for t in res['targets']] == ['×', '×', '×', '×', 'bytes', 'bytes', '×', '×', '×', 'MB'] + ['×'] * 8
+    assert [t['unit'] for t in res['targets']] == ['×', '×', '×', '×', 'bytes', 'bytes', '×', '×', '×', 'MB'] + ['×'] * 9
     assert [t['target'].rsplit('(', 1)[-1] for t in res['targets'][10:]] == [
-        'ipykernel)', 'async-kernel)', 'client-bound))', 'client-bound))', 'ipykernel)', 'ipykernel)', 'ZMQ, direct)', 'websocket)']
+        'ipykernel)', 'async-kernel)', 'client-bound))', 'client-bound))', 'ipykernel)', 'ipykernel)', 'client-bound))',
+        'ZMQ, direct)', 'websocket)']
+    assert 'with QUICKACK vs without' in res['targets'][16]['target']
     assert [' 1 in flight' in t['target'] for t in res['targets'][12:16]] == [True, False, True, False]
     assert all(t['value'] > 0 and t['met'] in (True, False) for t in res['targets'])
 
