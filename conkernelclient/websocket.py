@@ -168,12 +168,16 @@ def _upgrade_headers(server:Server, req:HTTPRequest, subprotocol:str|None) -> di
     if subprotocol: headers['Sec-WebSocket-Protocol'] = subprotocol
     return headers
 
+def _headers(response) -> HTTPHeaders:
+    "The headers of picows' `response` to an upgrade, as tornado's, which the server notebook reads (a name may repeat)"
+    headers = HTTPHeaders()
+    for k, v in response.headers.items(): headers.add(k, v)
+    return headers
+
 def _answer(req:HTTPRequest, refused:WSHandshakeError) -> HTTPResponse:
     "The server's refusal of the websocket upgrade `req`, as the HTTP answer the server notebook names errors from"
     assert refused.response is not None, "an answer the server gave" # the caller checked
-    headers = HTTPHeaders()
-    for k, v in refused.response.headers.items(): headers.add(k, v)
-    return HTTPResponse(req, int(refused.response.status), headers=headers, buffer=io.BytesIO(refused.raw_body or b''))
+    return HTTPResponse(req, int(refused.response.status), headers=_headers(refused.response), buffer=io.BytesIO(refused.raw_body or b''))
 
 @patch
 async def _connect(self:KernelWebsocket):
@@ -203,9 +207,7 @@ async def _connect(self:KernelWebsocket):
         if req.url.startswith('wss:') and self.server.client_cert is None: # TLS 1.3 refuses a missing client certificate so
             raise ServerTLSError(f"{said}: if it wants a client certificate, pass client_cert= and client_key=")
         raise ServerUnreachableError(said)
-    headers = HTTPHeaders()
-    for k, v in conn.response.headers.items(): headers.add(k, v)
-    self.server.took(headers)
+    self.server.took(_headers(conn.response))
     self.request, self.dropped = req, dropped
     return conn
 
