@@ -663,7 +663,8 @@ async def _json(km:ConKernelManager, name:str, plan:Plan) -> list[dict]:
     return [dict(_row(name, client, k, costs, ok), json=lib) for (client, lib, k), (costs, ok) in tally.items()]
 
 WS, ZMQ = 'websocket', 'ZMQ, direct'
-WS_TRANSPORTS = (ZMQ, WS, f'{WS}, no QUICKACK')
+WS_UNACKED = f'{WS}, no QUICKACK' # the websocket client with `quickack=False`
+WS_TRANSPORTS = (ZMQ, WS, WS_UNACKED)
 
 async def _websocket(srv:LocalServer, name:str, plan:Plan) -> list[dict]:
     "ConKernelClient and a kernel `name` of the server `srv`: through its websocket, and over ZMQ straight to the kernel"
@@ -1140,7 +1141,7 @@ def _quickack_target(rows:list[dict]) -> list[dict]:
     most = max((r['in_flight'] for r in rows if r['kernel'] == 'stub'), default=0)
     cpu = {r['transport']: r['cpu_us'] for r in rows if r['kernel'] == 'stub' and r['in_flight'] == most}
     return [_target(f"client CPU per request through the websocket, {most:,} in flight, with QUICKACK vs without ({KERNEL_NAMES['stub']})",
-                    _ratio(cpu.get(WS), cpu.get(WS_TRANSPORTS[2])), 1.0)] if cpu else []
+                    _ratio(cpu.get(WS), cpu.get(WS_UNACKED)), 1.0)] if cpu else []
 
 def _many_targets(rows:list[dict]) -> list[dict]:
     "Per transport: client CPU per request with the most stub kernels driven at once, vs one"
