@@ -48,7 +48,9 @@ runs its requests one after another (wall and client CPU per request), then `CAL
 batch of requests bounded by `Plan.shared_timeout` (right, wrong, hung, unsent, errors: a peer that is not safe to
 share shows it here, and cannot hang the run), and each starts a kernel of its own: the time to its first reply.
 And one event loop driving 1, 4 and 16 stub kernels at once (`Plan.many`), pipelined: ConKernelClient over ZMQ to
-kernels of its own, and `RemoteKernelClient` to kernels of one server through its websocket.
+kernels of its own, and `RemoteKernelClient` to kernels of one server through its websocket, beside a bare picows
+reader (`PicowsWebsocket`, no client at all) on other kernels of that server; every timed run of it sends the same
+number of requests (16,000), so that each pays the garbage collector's full collections alike.
 
 How to read the figures. Each is the median of the repeats (5, or 2 with `--quick`), per request: requests per
 second, wall µs, and the client's CPU µs (`time.process_time()` of this process, all its threads, ZMQ's I/O thread
@@ -741,7 +743,9 @@ class RawWebsocket:
         "Read what arrives until the batch is answered"
         await self.done
 
-    def answered(self): self.done.done() or self.done.set_result(None)
+    def answered(self):
+        "End the batch under way, if any (a kernel's status may arrive between batches)"
+        if self.done is not None and not self.done.done(): self.done.set_result(None)
 
 class TornadoWebsocket(RawWebsocket):
     "tornado's `websocket_connect`, with a callback per message (the library before issue 22)"
@@ -1026,37 +1030,62 @@ async def _remote_clients(srv:LocalServer, name:str, plan:Plan) -> list[dict]:
     return [dict(_row(name, c, 1, costs, ok), shared=fates[c], first_reply_ms=statistics.median(starts[c]) * 1e3)
             for (c, _), (costs, ok) in tally.items()]
 
-MANY_TRANSPORTS = (ZMQ, WS)
+WS_BARE = f'{WS}, bare picows reader' # `PicowsWebsocket`: no client, the websocket's own cost
+MANY_TRANSPORTS = (ZMQ, WS, WS_BARE)
 
 async def at_once(kcs:list[ConKernelClient], n:int) -> int:
     "`pipelined` on every client of `kcs` at once, `n` requests each; how many were answered ok by their own reply?"
     return sum(await asyncio.gather(*(pipelined(kc, n) for kc in kcs)))
 
+async def bare_at_once(wss:list[RawWebsocket], n:int) -> int:
+    "`RawWebsocket.batch` on every websocket of `wss` at once, `n` requests each; how many were answered?"
+    return sum(await asyncio.gather(*(ws.batch(n) for ws in wss)))
+
+async def _bare_readers(srv:LocalServer, kms:list[RemoteKernelManager]) -> list[RawWebsocket]:
+    "An open `PicowsWebsocket` to the kernel of each of `kms` on the server `srv`"
+    wss = []
+    for km in kms:
+        wss.append(PicowsWebsocket(f"{srv.url.replace('http', 'ws', 1)}/api/kernels/{km.kernel_id}/channels?session_id={uuid.uuid4().hex}",
+                                   {'Authorization': f'token {srv.token}'}))
+        await wss[-1].open()
+    return wss
+
 async def _many(srv:LocalServer, plan:Plan) -> list[dict]:
     """ConKernelClient pipelined on each number of stub kernels of `plan.many` at once, from this event loop: kernels of
-    its own over ZMQ, and kernels of the server `srv` through its websocket (`RemoteKernelClient`)"""
+    its own over ZMQ, and kernels of the server `srv` through its websocket (`RemoteKernelClient`), beside a bare picows
+    reader on kernels of its own on the same server (the server sends every connection of a kernel its iopub messages).
+    Every timed run sends as many requests, `max(plan.many) * plan.many_requests`: `k` kernels at once, as many times as
+    that takes. The garbage collector's full collections come every few thousand requests here, and each timed run
+    starts after a `gc.collect()`, so a shorter run would leave them out where a longer one pays them"""
     most, per, tally = max(plan.many), plan.many_requests, {}
-    local, remote, clients = [], [], {}
+    local, remote, bare, clients, wss = [], [], [], {}, []
     try:
         # the local kernels first, each answering (so bound to its ports) before the next starts and before any remote
         # one: a port jupyter_client chose and released can be taken meanwhile by a connection's ephemeral port
         for _ in range(most):
             local.append(await start_kernel('stub'))
             clients.setdefault(ZMQ, []).append(await local[-1].client().start_channels())
-        for _ in range(most):
-            remote.append(RemoteKernelManager(srv.url, srv.token, kernel_name='stub'))
-            await remote[-1].start_kernel()
+        for kms in (remote, bare):
+            for _ in range(most):
+                kms.append(RemoteKernelManager(srv.url, srv.token, kernel_name='stub'))
+                await kms[-1].start_kernel()
         clients[WS] = [await km.client().start_channels() for km in remote]
         for kc in (kc for kcs in clients.values() for kc in kcs):
             await pipelined(kc, 100); await settle(kc)
+        wss = await _bare_readers(srv, bare)
+        await bare_at_once(wss, 100)
         for _ in range(plan.repeats):
             for transport, kcs in clients.items():
-                runs = {(transport, k): (lambda _, k=k: at_once(kcs[:k], per), k * per, 1) for k in plan.many}
+                runs = {(transport, k): (lambda _, k=k: at_once(kcs[:k], per), k * per, most // k) for k in plan.many}
                 await _time_runs(runs, None, lambda: asyncio.gather(*(settle(kc) for kc in kcs)), tally)
+            runs = {(WS_BARE, k): (lambda _, k=k: bare_at_once(wss[:k], per), k * per, most // k) for k in plan.many}
+            await _time_runs(runs, None, _nothing, tally)
     finally:
+        for ws in wss: await ws.close()
         for kc in (kc for kcs in clients.values() for kc in kcs): await kc.astop_channels()
-        for km in local + remote: await km.shutdown_kernel(now=True)
-    return [dict(_row('stub', CON if t == ZMQ else REMOTE, per, costs, ok), transport=t, kernels=k) for (t, k), (costs, ok) in tally.items()]
+        for km in local + remote + bare: await km.shutdown_kernel(now=True)
+    client = {ZMQ: CON, WS: REMOTE, WS_BARE: RawWebsocket.__name__}
+    return [dict(_row('stub', client[t], per, costs, ok), transport=t, kernels=k) for (t, k), (costs, ok) in tally.items()]
 
 SERVED = ('stub', 'python3') # the kernels also measured behind a Jupyter Server
 
@@ -1148,7 +1177,7 @@ def _many_targets(rows:list[dict]) -> list[dict]:
     most = max((r['kernels'] for r in rows), default=0)
     cpu = {(r['transport'], r['kernels']): r['cpu_us'] for r in rows}
     return [_target(f"client CPU per request, {most} stub kernels at once vs 1 ({t})", _ratio(cpu.get((t, most)), cpu.get((t, 1))), 1.2)
-            for t in MANY_TRANSPORTS]
+            for t in (ZMQ, WS)] # the bare reader is no client: its rows show what the websocket costs alone
 
 def targets(per_kernel:dict) -> list[dict]:
     """The targets, measured on the stub kernel unless they name another kernel (one per real kernel measured): is each
@@ -1396,8 +1425,10 @@ def markdown(res:dict) -> str:
             "Kernel start: from asking the server for a new kernel, through the client's own manager, to its first reply.",
             '', *_remote_clients_md(res['remote_clients']),
             '', '## Many kernels', '', 'One event loop driving several stub kernels at once, '
-            f"{p['many_requests']:,} requests pipelined to each (the in-flight column is per kernel): ConKernelClient over "
-            "ZMQ to kernels of its own, and `RemoteKernelClient` through the websocket of one `jupyter server` running them. "
+            f"{p['many_requests']:,} requests pipelined to each (the in-flight column is per kernel), as many times as it takes "
+            f"to send {max(p['many']) * p['many_requests']:,} requests in each timed run: ConKernelClient over ZMQ to kernels of its "
+            "own, `RemoteKernelClient` through the websocket of one `jupyter server` running them, and a bare picows reader "
+            "(`RawWebsocket`: send, read each message's channel and parent msg_id, nothing else) on other kernels of that server. "
             'Client CPU per request should not grow with the number of kernels.', '', *_many_md(res['many'])]
     return '\n'.join(out) + '\n'
 
