@@ -174,7 +174,7 @@ def _queued(self:RoutedChannel, msg:dict) -> _Queued|dict:
     "What the backlog keeps of `msg`: a `_Queued` if the session can make the rest of it again, else `msg` itself"
     h, s = msg['header'], self.session
     if (msg['parent_header'] or msg['metadata'] or msg.get('buffers') or not h.keys() <= _HEADER_KEYS
-        or (h.get('username'), h.get('session'), h.get('version')) != (s.username, s.session, protocol_version)): return msg
+        or (h.get('username'), h.get('session'), h.get('version')) != (s.per_message.username, s.per_message.session, protocol_version)): return msg
     c = msg['content']
     if h['msg_type'] == 'execute_request' and type(c) is dict and _plain_code(c): return _QueuedCode(h['msg_id'], c)
     return _Queued(h['msg_id'], h['msg_type'], bytes(memoryview(s.pack(c)))) # a copy of its own size, see below
@@ -183,7 +183,8 @@ def _queued(self:RoutedChannel, msg:dict) -> _Queued|dict:
 def _unqueued(self:RoutedChannel, item:_Queued|dict, key:str|None) -> dict:
     "The message `_queued` kept as `item`, for shell `key`, ready to send"
     if isinstance(item, dict): return item
-    header = msg_header(item.msg_id, item.msg_type, self.session.username, self.session.session)
+    per = self.session.per_message
+    header = msg_header(item.msg_id, item.msg_type, per.username, per.session)
     if key is not None: header['subshell_id'] = key
     return dict(header=header, msg_id=item.msg_id, msg_type=item.msg_type, parent_header={}, metadata={}, content=item.body())
 

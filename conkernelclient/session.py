@@ -16,7 +16,7 @@ from fastcore.basics import patch
 from jupyter_client.adapter import adapt
 from jupyter_client._version import protocol_version_info
 from jupyter_client.jsonutil import ISO8601_PAT, extract_dates, parse_date
-from jupyter_client.session import DELIM, DONE, Session
+from jupyter_client.session import DELIM, DONE, Session, msg_header
 from traitlets import observe
 
 from conkernelclient.compat import openssl_hmac, send_frame
@@ -26,7 +26,8 @@ from conkernelclient.errors import SignatureError
 __all__ = ['ConSession']
 
 # %% ../nbs/02_session.ipynb #8d871267
-_PER_MESSAGE = ('auth', 'pack', 'unpack', 'adapt_version', 'check_pid', 'pid', 'debug', 'copy_threshold') # the traits `ConSession.per_message` keeps
+_PER_MESSAGE = ('auth', 'pack', 'unpack', 'adapt_version', 'check_pid', 'pid', 'debug', 'copy_threshold', 'session', 'username',
+                'digest_history_size') # the traits `ConSession.per_message` keeps
 
 class ConSession(Session):
     "A `Session` whose sends are lean and whose `deserialize` is fast"
@@ -59,6 +60,13 @@ def send(self:ConSession, stream, msg_or_type, *args, **kwargs):
     "`Session.send`, through `_send_plain` for a plain message"
     if not (args or kwargs) and isinstance(stream, zmq.Socket) and self._plain(msg_or_type): return self._send_plain(stream, msg_or_type)
     return Session.send(self, stream, msg_or_type, *args, **kwargs)
+
+@patch
+def msg_header(self:ConSession, msg_type:str) -> dict:
+    "`Session.msg_header` with the session's identity read from `per_message`: the header of the next msg_id, as `Session.msg_id` makes it"
+    per, n = self.per_message, self.message_count
+    self.message_count = n + 1
+    return msg_header(f"{per.session}_{os.getpid()}_{n}", msg_type, per.username, per.session)
 
 @patch
 def _plain(self:ConSession, msg) -> bool:
@@ -116,8 +124,11 @@ def check(self:ConSession, frames:list[bytes]) -> list[bytes]:
     if per.auth is not None:
         sig = frames[0]
         if not sig: raise ValueError("Unsigned Message")
-        if sig in self.digest_history: raise ValueError(f"Duplicate Signature: {sig!r}")
-        self._add_digest(sig)
+        history = self.digest_history # read each time, never kept in `per_message` (see above)
+        if sig in history: raise ValueError(f"Duplicate Signature: {sig!r}")
+        if per.digest_history_size: # `Session._add_digest`, without its four trait reads
+            history.add(sig)
+            if len(history) > per.digest_history_size: self._cull_digest_history()
         if not compare_digest(sig, self.sign(frames[1:5])): raise SignatureError(sig)
     if len(frames) < 5: raise TypeError("malformed message, must have at least 5 elements")
     return frames
