@@ -16,7 +16,8 @@ from fastcore.basics import patch
 from jupyter_client.adapter import adapt
 from jupyter_client._version import protocol_version_info
 from jupyter_client.jsonutil import ISO8601_PAT, extract_dates, parse_date
-from jupyter_client.session import DELIM, DONE, Session, msg_header
+from jupyter_client.session import DELIM, DONE, Session
+from jupyter_client.session import msg_header as header_of # the function; `ConSession.msg_header` is the method
 from traitlets import observe
 
 from conkernelclient.compat import openssl_hmac, send_frame
@@ -66,7 +67,7 @@ def msg_header(self:ConSession, msg_type:str) -> dict:
     "`Session.msg_header` with the session's identity read from `per_message`: the header of the next msg_id, as `Session.msg_id` makes it"
     per, n = self.per_message, self.message_count
     self.message_count = n + 1
-    return msg_header(f"{per.session}_{os.getpid()}_{n}", msg_type, per.username, per.session)
+    return header_of(f"{per.session}_{os.getpid()}_{n}", msg_type, per.username, per.session)
 
 @patch
 def _plain(self:ConSession, msg) -> bool:
