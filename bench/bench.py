@@ -823,16 +823,21 @@ def _adds(dist:str) -> list[str]:
         if (req.marker is None or req.marker.evaluate({'extra': ''})) and canonicalize_name(req.name) not in WS_LIBRARIES: _needs(req.name, have)
     return [] if name in have else [name, *sorted(_needs(name, set()) - have - {name})]
 
+def channels_of(srv:LocalServer, km:RemoteKernelManager) -> tuple[str, dict[str,str]]:
+    "The websocket URL of the kernel of `km` on the server `srv`, with a session id of its own, and the header that authorises it"
+    return (f"{srv.url.replace('http', 'ws', 1)}/api/kernels/{km.kernel_id}/channels?session_id={uuid.uuid4().hex}",
+            {'Authorization': f'token {srv.token}'})
+
 async def _ws_libraries(srv:LocalServer, plan:Plan) -> list[dict]:
     "Each websocket library's `RawWebsocket` on one stub kernel of the server `srv`: one request at a time, and 1,000 pipelined"
     km = RemoteKernelManager(srv.url, srv.token, kernel_name='stub')
     await km.start_kernel()
-    url = f"{srv.url.replace('http', 'ws', 1)}/api/kernels/{km.kernel_id}/channels?session_id={uuid.uuid4().hex}"
+    url, headers = channels_of(srv, km)
     n, tally = 1_000, {}
     try:
         for _ in range(plan.repeats):
             for lib, cls in RAW_WEBSOCKETS.items():
-                ws = cls(url, {'Authorization': f'token {srv.token}'})
+                ws = cls(url, headers)
                 await ws.open()
                 try:
                     await ws.batch(100)
@@ -1033,20 +1038,15 @@ async def _remote_clients(srv:LocalServer, name:str, plan:Plan) -> list[dict]:
 WS_BARE = f'{WS}, bare picows reader' # `PicowsWebsocket`: no client, the websocket's own cost
 MANY_TRANSPORTS = (ZMQ, WS, WS_BARE)
 
-async def at_once(kcs:list[ConKernelClient], n:int) -> int:
-    "`pipelined` on every client of `kcs` at once, `n` requests each; how many were answered ok by their own reply?"
-    return sum(await asyncio.gather(*(pipelined(kc, n) for kc in kcs)))
-
-async def bare_at_once(wss:list[RawWebsocket], n:int) -> int:
-    "`RawWebsocket.batch` on every websocket of `wss` at once, `n` requests each; how many were answered?"
-    return sum(await asyncio.gather(*(ws.batch(n) for ws in wss)))
+async def at_once(kcs:list, n:int, batch:Callable[..., Awaitable[int]]=pipelined) -> int:
+    "`batch(kc, n)` on every client of `kcs` at once (`pipelined`, or `RawWebsocket.batch` on bare readers); how many were answered ok?"
+    return sum(await asyncio.gather(*(batch(kc, n) for kc in kcs)))
 
 async def _bare_readers(srv:LocalServer, kms:list[RemoteKernelManager]) -> list[RawWebsocket]:
     "An open `PicowsWebsocket` to the kernel of each of `kms` on the server `srv`"
     wss = []
     for km in kms:
-        wss.append(PicowsWebsocket(f"{srv.url.replace('http', 'ws', 1)}/api/kernels/{km.kernel_id}/channels?session_id={uuid.uuid4().hex}",
-                                   {'Authorization': f'token {srv.token}'}))
+        wss.append(PicowsWebsocket(*channels_of(srv, km)))
         await wss[-1].open()
     return wss
 
@@ -1073,13 +1073,14 @@ async def _many(srv:LocalServer, plan:Plan) -> list[dict]:
         for kc in (kc for kcs in clients.values() for kc in kcs):
             await pipelined(kc, 100); await settle(kc)
         wss = await _bare_readers(srv, bare)
-        await bare_at_once(wss, 100)
+        await at_once(wss, 100, RawWebsocket.batch)
+        # per transport: what it drives, its batch, and what follows each timed run (a client's last messages, settled)
+        drives = {t: (kcs, pipelined, lambda kcs=kcs: asyncio.gather(*(settle(kc) for kc in kcs))) for t, kcs in clients.items()}
+        drives[WS_BARE] = (wss, RawWebsocket.batch, _nothing)
         for _ in range(plan.repeats):
-            for transport, kcs in clients.items():
-                runs = {(transport, k): (lambda _, k=k: at_once(kcs[:k], per), k * per, most // k) for k in plan.many}
-                await _time_runs(runs, None, lambda: asyncio.gather(*(settle(kc) for kc in kcs)), tally)
-            runs = {(WS_BARE, k): (lambda _, k=k: bare_at_once(wss[:k], per), k * per, most // k) for k in plan.many}
-            await _time_runs(runs, None, _nothing, tally)
+            for transport, (xs, batch, after) in drives.items():
+                runs = {(transport, k): (lambda _, k=k: at_once(xs[:k], per, batch), k * per, most // k) for k in plan.many}
+                await _time_runs(runs, None, after, tally)
     finally:
         for ws in wss: await ws.close()
         for kc in (kc for kcs in clients.values() for kc in kcs): await kc.astop_channels()
