@@ -125,7 +125,7 @@ def check(self:ConSession, frames:list[bytes]) -> list[bytes]:
     if per.auth is not None:
         sig = frames[0]
         if not sig: raise ValueError("Unsigned Message")
-        history = self.digest_history # read each time, never kept in `per_message` (see above)
+        history = self.digest_history # read each time: kept in `per_message`, a history replaced by an equal set would go unseen
         if sig in history: raise ValueError(f"Duplicate Signature: {sig!r}")
         if per.digest_history_size: # `Session._add_digest`, without its four trait reads
             history.add(sig)
