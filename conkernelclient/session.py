@@ -149,3 +149,15 @@ def deserialize(self:ConSession, msg_list:list, content:bool=True, copy:bool=Tru
     "`Session.deserialize`, faster: the fast path takes whole messages as bytes, anything else goes to jupyter_client's"
     if not (content and copy): return Session.deserialize(self, msg_list, content=content, copy=copy)
     return self.unpack_frames(self.check(msg_list))
+
+# %% ../nbs/02_session.ipynb #3218d504
+@patch
+def _cull_digest_history(self:ConSession):
+    "`Session._cull_digest_history` without sorting the history: as many signatures go, in the set's own order"
+    history = self.digest_history
+    current = len(history)
+    n = max(current // 10, current - self.digest_history_size)
+    if n >= current: self.digest_history = set()
+    else:
+        for _ in range(n): history.pop()
+
