@@ -23,7 +23,10 @@ What is measured. Two clients take turns on one kernel, a round each, so both se
 - The `synchronous limit` (stub kernel only): a plain synchronous loop over pyzmq sockets doing only what no
   client can skip (pack, sign and send each request; receive each of its messages, check the signature, read the
   parent msg_id), the distance to which every run measures. ConKernelClient does less than that on iopub: it
-  checks the signature of an iopub message only when someone reads it.
+  checks the signature of an iopub message only when someone reads it. It does more in what it returns: each
+  reply decoded into the message dict its caller keeps, whose containers the garbage collector then tracks and
+  traverses while the batch is out. `ConKernelClient, collector paused` (stub kernel) is the same pipelined run with
+  `gc.disable()` for each batch, to show that share: the collector's work, not the client's own.
 
 Batches of 10 to 10,000 requests in flight run on three kernels: the stub kernel (`conkernelclient.stubkernel`),
 which runs nothing and answers at once, so the client is the bottleneck; ipykernel and async-kernel, where the kernel
@@ -415,8 +418,8 @@ def _row(kernel:str, client:str, in_flight:int, costs:list[Cost], answered:int) 
                 cpu_us=cpu / n * 1e6, kernel_cpu_us=kernel_cpu)
 
 PLAIN, PLAIN_UNTIMED, PLAIN_IOPUB = 'jupyter_client', 'jupyter_client, no timeout', 'jupyter_client + iopub'
-CON, LIMIT = 'ConKernelClient', 'synchronous limit'
-SERIES = (PLAIN, PLAIN_UNTIMED, PLAIN_IOPUB, CON, LIMIT) # the throughput rows of a batch size, in this order
+CON, CON_PAUSED, LIMIT = 'ConKernelClient', 'ConKernelClient, collector paused', 'synchronous limit'
+SERIES = (PLAIN, PLAIN_UNTIMED, PLAIN_IOPUB, CON, CON_PAUSED, LIMIT) # the throughput rows of a batch size, in this order
 
 def _sizes(name:str, plan:Plan) -> tuple[tuple[int,...], int]:
     "Batch sizes, and requests per timed run, for the kernel of spec `name`"
@@ -436,13 +439,20 @@ async def _plain_round(km:ConKernelManager, name:str, plan:Plan, proc, tallies:d
                             tallies['outputs'])
     finally: kc.stop_channels()
 
+async def uncollected(work:Awaitable[int]) -> int:
+    "Await `work` with the garbage collector paused; it runs again after, on what is left"
+    gc.disable()
+    try: return await work
+    finally: gc.enable()
+
 async def _con_round(km:ConKernelManager, name:str, plan:Plan, proc, tallies:dict):
-    "One round of timed runs with a fresh ConKernelClient"
+    "One round of timed runs with a fresh ConKernelClient (on the stub kernel, also pipelined with the collector paused)"
     batches, total = _sizes(name, plan)
     kc = await km.client().start_channels()
     try:
         await pipelined(kc, 100); await settle(kc)
-        runs = _runs(CON, lambda n: one_at_a_time(kc, n), {CON: lambda n: pipelined(kc, n)}, total, batches)
+        paused = {CON_PAUSED: lambda n: uncollected(pipelined(kc, n))} if name == 'stub' else {}
+        runs = _runs(CON, lambda n: one_at_a_time(kc, n), {CON: lambda n: pipelined(kc, n), **paused}, total, batches)
         await _time_runs(runs, proc, lambda: settle(kc), tallies['throughput'])
         await _time_outputs(CON, lambda code: collect(kc, code), output_cells(name, plan), proc, lambda: settle(kc),
                             tallies['outputs'])
@@ -690,8 +700,8 @@ async def _websocket(srv:LocalServer, name:str, plan:Plan) -> list[dict]:
             return ok
         return run
     try:
-        for _ in range(plan.repeats):
-            for transport, make in clients.items():
+        for i in range(plan.repeats): # in turn forwards and backwards, so that no transport always follows the same one
+            for transport, make in (clients.items() if i % 2 == 0 else reversed(clients.items())):
                 kc = await make().start_channels()
                 try:
                     await pipelined(kc, 100); await settle(kc)
