@@ -179,10 +179,14 @@ async def test_the_server_cannot_replay(remote, tmp_path):
         assert kc.in_flight == 0 and not kc.shell_channel.unanswered
 
 
+IGNORES_INTERRUPT = 'import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)'
+
 async def test_the_server_goes_away(remote, tmp_path):
     """The server stops with requests in flight: its port refuses the reconnection, so they fail at once with
     ServerGoneError (not after `reconnect_timeout`); the client keeps reconnecting, and closes with ConnectionLostError
-    once `reconnect_timeout` is over"""
+    once `reconnect_timeout` is over. A server that stops interrupts its kernels before it shuts them down, and an
+    interrupted kernel answers (an error, then `aborted` for what waited), which the server may relay before it closes
+    the websocket: so the running request ignores SIGINT, and the kernel answers neither before it is killed"""
     srv = LocalServer(remote.srv.kind)
     await srv.__aenter__()
     try:
@@ -191,7 +195,7 @@ async def test_the_server_goes_away(remote, tmp_path):
         kc = km.client(reconnect_timeout=3)
         remote.clients.append(kc)
         await kc.start_channels()
-        futs = [kc.execute('import time; time.sleep(60)', reply=True, timeout=None), ask(kc, '1', timeout=None)]
+        futs = [kc.execute(IGNORES_INTERRUPT, reply=True, timeout=None), ask(kc, '1', timeout=None)]
         await running(kc, futs[0])
     finally: await srv.__aexit__()
     res = await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), 2.5) # within reconnect_timeout
