@@ -19,7 +19,7 @@ from conkernelclient import KernelDiedError
 from conkernelclient.remote import KernelLaunchTimeoutError, RemoteKernelManager
 from conkernelclient.server import (LocalServer, NoAPIError, Server, ServerAuthError, ServerError, ServerNotRunningError,
                                     ServerTLSError, ServerUnreachableError, call)
-from kit import Relay, Remote, ask, check, running
+from kit import UNINTERRUPTIBLE, Relay, Remote, ask, check, running
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
@@ -321,13 +321,14 @@ async def test_a_proxy_with_a_header_and_basic_auth(served, monkeypatch, caplog)
 
 async def test_liveness_cannot_switch_itself_off(served, tmp_path):
     """A proxy answers the liveness poll 503, then a hub's 424, then 502: each is a passing failure, the client stays
-    open; then the kernel is deleted on the server, and the waiter fails within 5 s, saying the kernel is gone"""
+    open; then the kernel is deleted on the server, and the waiter fails within 5 s, saying the kernel is gone (it
+    ignores SIGINT, `UNINTERRUPTIBLE`: the server interrupts the kernel before it deletes it)"""
     r = await served(LocalServer())
     poll = r'/api/kernels/[-0-9a-f]+'
     async with Proxy(r.srv.port, answers=[('GET', poll, 503), ('GET', poll, 424), ('GET', poll, 502)]) as proxy:
         km, kc = await proxied(r, proxy, liveness_interval=0.2)
-        waiting = kc.execute('import time; time.sleep(60)', reply=True, timeout=None)
-        await running(kc, waiting)
+        waiting = kc.execute(UNINTERRUPTIBLE, reply=True, timeout=None)
+        await running(kc, waiting, 'stream')
         await asyncio.wait_for(proxy.answered.wait(), 10)
         fut = kc.request('kernel_info', channel='control')
         assert (await fut)['msg_type'] == 'kernel_info_reply' and not waiting.done()
@@ -572,14 +573,15 @@ async def test_a_hub_user_server(hub, caplog):
 
 async def test_the_hub_stops_the_user_server(hub):
     """The hub stops the user's server with requests in flight: every waiter fails with KernelDiedError within 5 s,
-    saying the user's server is gone; a new kernel is refused with ServerNotRunningError"""
+    saying the user's server is gone; a new kernel is refused with ServerNotRunningError. The running request ignores
+    SIGINT (`UNINTERRUPTIBLE`): the stopping server interrupts its kernels first, and may relay what they answer"""
     tok = await hub.token()
     km = RemoteKernelManager(f'{hub.url}/user/ann/', tok)
     await km.start_kernel()
     kc = await km.client().start_channels()
     try:
-        futs = [kc.execute('import time; time.sleep(60)', reply=True, timeout=None), ask(kc, '1', timeout=None)]
-        await running(kc, futs[0])
+        futs = [kc.execute(UNINTERRUPTIBLE, reply=True, timeout=None), ask(kc, '1', timeout=None)]
+        await running(kc, futs[0], 'stream')
         await call(hub.api, '/hub/api/users/ann/server', 'DELETE')
         res = await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), 5)
         assert [type(r) for r in res] == [KernelDiedError] * 2 and "the user's server" in str(res[0]), res

@@ -24,6 +24,9 @@ READY = re.compile(r'ready (\d+) (?:kernel-)?(\S+)\.json') # a server's kernel h
 # a cell that says which kernel runs it (its pid, and the kernel id in its connection file's name), then sleeps
 SAY_READY = ("import os, sys, time\nprint('ready', os.getpid(), os.path.basename(sys.argv[sys.argv.index('-f') + 1]), "
              "flush=True)\ntime.sleep(600)")
+# the same, ignoring SIGINT: a cell an interrupt cannot stop (a server interrupts a kernel before it deletes it, and may
+# relay the interrupted cell's reply before the kernel is gone)
+DEAF_READY = 'import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n' + SAY_READY
 # a kernel spec whose kernel never answers: it says its pid, then sleeps
 MUTE = KernelSpec(argv=[sys.executable, '-c', "import os, time; print('mute', os.getpid(), flush=True); time.sleep(600)",
                         '{connection_file}'], display_name='Mute', language='python')
@@ -210,7 +213,7 @@ def test_timed_out_kernel_is_free_for_the_next_run(where, clean, attached, tmp_p
 
 def test_kernel_dies_mid_run(where, clean, tmp_path, aio_loop):
     "A kernel killed (local SIGKILL) or deleted on its server mid-cell fails the run with `DeadKernelError`, notebook saved"
-    notebook(tmp_path/'in.ipynb', 'print("before")', SAY_READY, 'print("never")')
+    notebook(tmp_path/'in.ipynb', 'print("before")', DEAF_READY, 'print("never")')
     proc = papermill(where, 'in.ipynb', 'out.ipynb', '--log-output', cwd=tmp_path)
     m = ready(proc)
     if where.srv is None: os.kill(int(m[1]), signal.SIGKILL)
@@ -227,7 +230,7 @@ def test_kernel_dies_mid_run(where, clean, tmp_path, aio_loop):
 
 def test_timeout_the_interrupt_cannot_stop(where, clean, tmp_path):
     "A timed-out cell that ignores interrupts fails the run with `CellTimeoutError` once `kc.cancel` gives up; kernel gone"
-    notebook(tmp_path/'in.ipynb', 'import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n' + SAY_READY)
+    notebook(tmp_path/'in.ipynb', DEAF_READY)
     code, out = finished(papermill(where, 'in.ipynb', 'out.ipynb', '--execution-timeout', '1', '--log-output', cwd=tmp_path))
     assert code == 1 and 'CellTimeoutError' in out, out
     [cell] = code_cells(tmp_path/'out.ipynb')

@@ -17,7 +17,7 @@ from conkernelclient.stubkernel import stub_spec
 from conkernelclient.remote import RemoteKernelClient, RemoteKernelManager, ReplyLostError
 from conkernelclient.server import KernelNotFoundError, LocalServer, Server, ServerAuthError, ServerUnreachableError, call
 from conkernelclient.websocket import ConnectionLostError, ServerGoneError
-from kit import Gate, Relay, Remote, ask, check, collect, running, started
+from kit import UNINTERRUPTIBLE, Gate, Relay, Remote, ask, check, collect, running, started
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -179,14 +179,11 @@ async def test_the_server_cannot_replay(remote, tmp_path):
         assert kc.in_flight == 0 and not kc.shell_channel.unanswered
 
 
-IGNORES_INTERRUPT = 'import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)'
-
 async def test_the_server_goes_away(remote, tmp_path):
     """The server stops with requests in flight: its port refuses the reconnection, so they fail at once with
     ServerGoneError (not after `reconnect_timeout`); the client keeps reconnecting, and closes with ConnectionLostError
-    once `reconnect_timeout` is over. A server that stops interrupts its kernels before it shuts them down, and an
-    interrupted kernel answers (an error, then `aborted` for what waited), which the server may relay before it closes
-    the websocket: so the running request ignores SIGINT, and the kernel answers neither before it is killed"""
+    once `reconnect_timeout` is over. The running request ignores SIGINT (`UNINTERRUPTIBLE`): a stopping server
+    interrupts its kernels first, and may relay what the interrupted kernel answers"""
     srv = LocalServer(remote.srv.kind)
     await srv.__aenter__()
     try:
@@ -195,8 +192,8 @@ async def test_the_server_goes_away(remote, tmp_path):
         kc = km.client(reconnect_timeout=3)
         remote.clients.append(kc)
         await kc.start_channels()
-        futs = [kc.execute(IGNORES_INTERRUPT, reply=True, timeout=None), ask(kc, '1', timeout=None)]
-        await running(kc, futs[0])
+        futs = [kc.execute(UNINTERRUPTIBLE, reply=True, timeout=None), ask(kc, '1', timeout=None)]
+        await running(kc, futs[0], 'stream')
     finally: await srv.__aexit__()
     res = await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), 2.5) # within reconnect_timeout
     assert [type(r) for r in res] == [ServerGoneError] * 2, res
@@ -208,10 +205,12 @@ async def test_the_server_goes_away(remote, tmp_path):
 
 
 async def test_the_kernel_is_deleted(remote):
-    "Another manager deletes the kernel (the server says nothing on the websocket): waiters fail with KernelDiedError"
+    """Another manager deletes the kernel (the server says nothing on the websocket): waiters fail with KernelDiedError.
+    The running request ignores SIGINT (`UNINTERRUPTIBLE`): the server interrupts the kernel before it deletes it"""
     km = await remote.kernel()
     kc = await remote.client(km)
-    waiting = kc.execute('import time; time.sleep(60)', reply=True, timeout=None)
+    waiting = kc.execute(UNINTERRUPTIBLE, reply=True, timeout=None)
+    await running(kc, waiting, 'stream')
     other = RemoteKernelManager(remote.srv.url, remote.srv.token, kernel_id=km.kernel_id)
     assert await other.is_alive()
     await other.shutdown_kernel()
