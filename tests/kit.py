@@ -15,11 +15,13 @@ from conkernelclient.remote import RemoteKernelClient, RemoteKernelManager
 from conkernelclient.server import LocalServer, ServerUnreachableError
 
 
-# A cell that ignores SIGINT, says so (a `stream` message to wait for), then sleeps. A server that stops, or deletes a
-# kernel, interrupts the kernel first, and an interrupted ipykernel answers: an error for the running request, then
-# `aborted` for those behind it. The server may relay those replies before it closes the websocket. Tests of what
-# waiters get when a kernel or its server goes away run this, so that no reply can come.
-UNINTERRUPTIBLE = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print('deaf', flush=True); time.sleep(60)"
+# The first line of a cell an interrupt cannot stop. A server that stops, or deletes a kernel, interrupts the kernel
+# first, and an interrupted ipykernel answers: an error for the running request, then `aborted` for those behind it.
+# The server may relay those replies before it closes the websocket. Tests of what waiters get when a kernel or its
+# server goes away run such a cell, so that no reply can come.
+IGNORE_SIGINT = "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+# ... one that says so (a `stream` message to wait for), then sleeps
+UNINTERRUPTIBLE = IGNORE_SIGINT + "import time; print('deaf', flush=True); time.sleep(60)"
 
 
 class Gate:

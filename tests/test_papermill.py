@@ -17,6 +17,7 @@ from papermill.exceptions import PapermillExecutionError
 from conkernelclient.core import ConKernelManager
 from conkernelclient.remote import RemoteKernelManager
 from conkernelclient.server import LocalServer, Server, call
+from kit import IGNORE_SIGINT
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
@@ -24,9 +25,8 @@ READY = re.compile(r'ready (\d+) (?:kernel-)?(\S+)\.json') # a server's kernel h
 # a cell that says which kernel runs it (its pid, and the kernel id in its connection file's name), then sleeps
 SAY_READY = ("import os, sys, time\nprint('ready', os.getpid(), os.path.basename(sys.argv[sys.argv.index('-f') + 1]), "
              "flush=True)\ntime.sleep(600)")
-# the same, ignoring SIGINT: a cell an interrupt cannot stop (a server interrupts a kernel before it deletes it, and may
-# relay the interrupted cell's reply before the kernel is gone)
-DEAF_READY = 'import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n' + SAY_READY
+# the same, in a cell an interrupt cannot stop (`kit.IGNORE_SIGINT` says why a kernel's death is tested with one)
+DEAF_READY = IGNORE_SIGINT + SAY_READY
 # a kernel spec whose kernel never answers: it says its pid, then sleeps
 MUTE = KernelSpec(argv=[sys.executable, '-c', "import os, time; print('mute', os.getpid(), flush=True); time.sleep(600)",
                         '{connection_file}'], display_name='Mute', language='python')
