@@ -2,7 +2,7 @@
 
     pip install -e ".[bench]"
     python bench/bench.py            # full run, several minutes
-    python bench/bench.py --quick    # smaller batches and 2 repeats instead of 5
+    python bench/bench.py --quick    # smaller batches, 2 rounds and 2 repeats instead of 9 and 5
 
 It writes `results.md` (tables), `results.json` (the same numbers, with the plan, machine and versions) and
 `bench.png` to `bench/results/` (`--out DIR` elsewhere); bench/README.md says what the committed run shows.
@@ -55,7 +55,8 @@ kernels of its own, and `RemoteKernelClient` to kernels of one server through it
 reader (`PicowsWebsocket`, no client at all) on other kernels of that server; every timed run of it sends the same
 number of requests (16,000), so that each pays the garbage collector's full collections alike.
 
-How to read the figures. Each is the median of the repeats (5, or 2 with `--quick`), per request: requests per
+How to read the figures. Each is the median of the rounds (9) in the requests and output tables, of the repeats (5)
+in the others (2 of each with `--quick`), per request: requests per
 second, wall µs, and the client's CPU µs (`time.process_time()` of this process, all its threads, ZMQ's I/O thread
 included); the kernel's CPU where psutil sees the kernel process and its total reaches `KERNEL_CPU_MIN`. Ratios
 compare a row's client CPU with the floor's at the same number in flight (ConKernelClient's also with the floor
@@ -107,7 +108,8 @@ RESULTS = Path(__file__).parent/'results' # where the results go, unless `--out`
 @dataclass(frozen=True)
 class Plan:
     "How much one benchmark run measures, and how many times"
-    repeats:int=5 # timed runs of each measurement; results are their medians
+    rounds:int=9 # rounds of the requests and output tables, each client in turn; their rows, whose ratios the targets judge, are medians of these
+    repeats:int=5 # timed runs of each other measurement; results are their medians
     stub_batches:tuple[int,...]=(10, 100, 1_000, 10_000) # requests in flight at once, on the stub kernel
     kernel_batches:tuple[int,...]=(10, 100, 1_000) # ... on a real kernel: ipykernel deadlocks near 2,000 queued
     stub_requests:int=2_000 # requests in each timed run on the stub kernel, in as many batches as that takes
@@ -123,12 +125,13 @@ class Plan:
     starts:int=3 # kernels each remote client starts, timed to their first reply
     many:tuple[int,...]=(1, 4, 16) # stub kernels driven at once from one event loop
     many_requests:int=1_000 # requests pipelined to each of them
+    ws_one:int=500 # requests one at a time in each timed run through the websocket and over ZMQ to its kernel (50 without QUICKACK, each waiting 40 ms for the delayed ACK)
     kernels:tuple[str,...]=('stub', 'python3', 'async') # kernel spec names; 'stub' is the stub kernel
 
 FULL = Plan()
-QUICK = Plan(repeats=2, stub_batches=(10, 100, 1_000), kernel_batches=(10, 100), stub_requests=500,
+QUICK = Plan(rounds=2, repeats=2, stub_batches=(10, 100, 1_000), kernel_batches=(10, 100), stub_requests=500,
              kernel_requests=50, lines=2_000, displays=200, held=500, unread=5_000, sleep=0.5,
-             remote_requests=20, shared=50, shared_timeout=10, starts=1, many=(1, 4), many_requests=200)
+             remote_requests=20, shared=50, shared_timeout=10, starts=1, many=(1, 4), many_requests=200, ws_one=50)
 
 @dataclass
 class Cost:
@@ -705,7 +708,8 @@ async def _websocket(srv:LocalServer, name:str, plan:Plan) -> list[dict]:
                 kc = await make().start_channels()
                 try:
                     await pipelined(kc, 100); await settle(kc)
-                    runs = {(transport, 1): (counted((transport, 1), kc, lambda k: one_at_a_time(kc, k)), min(total, 50), 1),
+                    one = min(plan.ws_one, 50) if transport == WS_UNACKED else plan.ws_one
+                    runs = {(transport, 1): (counted((transport, 1), kc, lambda k: one_at_a_time(kc, k)), one, 1),
                             (transport, n): (counted((transport, n), kc, lambda k: pipelined(kc, k)), n, max(1, total // n))}
                     await _time_runs(runs, None, lambda: settle(kc), tally)
                 finally: await kc.astop_channels()
@@ -1117,8 +1121,8 @@ async def bench_kernel(km:ConKernelManager, name:str, plan:Plan) -> dict:
     proc, tallies = kernel_process(km), dict(throughput={}, outputs={})
     # clients alternate round by round, so both see the same machine; only the measured one is connected, since an
     # idle ConKernelClient would still read the other's iopub messages
-    for i in range(plan.repeats):
-        log.info("%s: round %d of %d", name, i + 1, plan.repeats)
+    for i in range(plan.rounds):
+        log.info("%s: round %d of %d", name, i + 1, plan.rounds)
         await _plain_round(km, name, plan, proc, tallies)
         await _con_round(km, name, plan, proc, tallies)
         await _limit_round(km, name, plan, proc, tallies)
@@ -1365,7 +1369,7 @@ def markdown(res:dict) -> str:
     vs = ', '.join(f'{k} {v}' for k, v in m['versions'].items() if v)
     out = ['# conkernelclient benchmark', '',
            f"`{m['command']}` on {m['date']} ({m['machine']}; {vs}; commit {m['commit'] or '?'}). "
-           f"Medians of {p['repeats']} runs. The floor is jupyter_client's `AsyncKernelClient` pipelined: send every "
+           f"Medians of {p['rounds']} rounds in the requests and output tables, of {p['repeats']} runs in the others. The floor is jupyter_client's `AsyncKernelClient` pipelined: send every "
            "request with `execute()`, then read every reply with `get_shell_msg(timeout=60)`, with no routing; at 1 in flight it "
            "awaits each reply before sending the next. `jupyter_client, no timeout` is the same loop at its cheapest: "
            "`get_shell_msg()` with no timeout, so no timer is set and cancelled for each read. ipykernel and async-kernel run encrypted (CurveZMQ), as "
@@ -1415,7 +1419,8 @@ def markdown(res:dict) -> str:
             '', '## Remote kernels', '', 'ConKernelClient and one kernel started by a real Jupyter Server on loopback: '
             "`RemoteKernelClient` through the server's kernel websocket (v1 protocol), with and without `TCP_QUICKACK`, "
             'and `ConKernelClient` over ZMQ straight to the same kernel, through its connection file. The server runs '
-            'kernels unencrypted, as jupyter_server does by default.', '', *_websocket_md(res['websocket']),
+            'kernels unencrypted, as jupyter_server does by default. One at a time, each timed run sends '
+            f"{p['ws_one']:,} requests ({min(p['ws_one'], 50)} without QUICKACK, each waiting for the delayed ACK).", '', *_websocket_md(res['websocket']),
             '', '## Websocket libraries', '', "The websocket client library alone, on the stub kernel behind the same "
             "server: a bare client (send v1 messages, read each one's channel and parent msg_id; no routing) on each "
             "library's client, one request at a time (each message acknowledged at once, `TCP_QUICKACK`, as one at a "
@@ -1470,7 +1475,7 @@ def plot(res:dict, path:Path):
         for axis in (ax.yaxis, ax.xaxis): axis.set_major_formatter(plain)
         ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f'{v:,.0f}' if str(round(v))[0] in '25' else ''))
     fig.legend(*rate.get_legend_handles_labels(), loc='lower center', ncol=3, fontsize=9, frameon=False)
-    fig.suptitle(f"conkernelclient benchmark, medians of {res['plan']['repeats']} runs ({res['meta']['machine']})")
+    fig.suptitle(f"conkernelclient benchmark, medians of {res['plan']['rounds']} runs ({res['meta']['machine']})")
     fig.tight_layout(rect=(0, 0.13, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -1505,7 +1510,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=COMMAND,
         description="Benchmark ConKernelClient against jupyter_client's AsyncKernelClient on the stub kernel, "
                     "ipykernel and async-kernel; write results.md, results.json and bench.png.")
-    p.add_argument('--quick', action='store_true', help="smaller batches and 2 repeats instead of 5")
+    p.add_argument('--quick', action='store_true', help="smaller batches, 2 rounds and 2 repeats instead of 9 and 5")
     p.add_argument('--out', type=Path, default=RESULTS, metavar='DIR',
                    help="directory for the results (default: bench/results, next to this script)")
     p.add_argument('--kernels', default=','.join(FULL.kernels), metavar='NAMES',

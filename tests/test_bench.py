@@ -68,7 +68,7 @@ def test_meta_and_plan(res, out):
     "The JSON says how it was run, on what, with the quick plan on every kernel"
     assert res['meta']['command'] == f'python bench/bench.py --quick --out {out}'
     assert res['meta']['versions']['jupyter_client'] and res['meta']['machine']
-    assert res['plan']['repeats'] == 2 and res['plan']['kernels'] == list(KERNELS)
+    assert res['plan']['rounds'] == res['plan']['repeats'] == 2 and res['plan']['kernels'] == list(KERNELS)
 
 
 def test_every_request_answered(res):
@@ -82,7 +82,7 @@ def test_every_request_answered(res):
         assert sorted((r['client'], r['in_flight']) for r in rows) == sorted(
             [(PLAIN, 1), (CON, 1), *((c, n) for n in batches for c in clients)])
         for r in rows:
-            assert r['repeats'] == plan['repeats'] and r['sent'] == r['requests'] * r['repeats'], r
+            assert r['repeats'] == plan['rounds'] and r['sent'] == r['requests'] * r['repeats'], r
             assert r['answered'] == r['sent'], r
             assert r['cpu_us'] > 0 and r['requests_per_s'] > 0 and (r['kernel_cpu_us'] is None or r['kernel_cpu_us'] > 0), r
 
