@@ -26,7 +26,9 @@ What is measured. Two clients take turns on one kernel, a round each, so both se
   checks the signature of an iopub message only when someone reads it. It does more in what it returns: each
   reply decoded into the message dict its caller keeps, whose containers the garbage collector then tracks and
   traverses while the batch is out. `ConKernelClient, collector paused` (stub kernel) is the same pipelined run with
-  `gc.disable()` for each batch, to show that share: the collector's work, not the client's own.
+  `gc.disable()` for each batch, to show that share. Each timed run follows a full collection, so a run of 2,000
+  requests pays only the young generations' (within this machine's noise of the paused row); a batch of 10,000 also
+  pays a full collection of this process's heap.
 
 Batches of 10 to 10,000 requests in flight run on three kernels: the stub kernel (`conkernelclient.stubkernel`),
 which runs nothing and answers at once, so the client is the bottleneck; ipykernel and async-kernel, where the kernel
