@@ -127,7 +127,7 @@ class Plan:
     starts:int=3 # kernels each remote client starts, timed to their first reply
     many:tuple[int,...]=(1, 4, 16) # stub kernels driven at once from one event loop
     many_requests:int=1_000 # requests pipelined to each of them
-    ws_one:int=500 # requests one at a time in each timed run through the websocket and over ZMQ to its kernel (50 without QUICKACK, each waiting 40 ms for the delayed ACK)
+    ws_one:int=500 # requests one at a time in each timed run through the websocket and over ZMQ to its kernel (at most `UNACKED_ONE` without QUICKACK)
     kernels:tuple[str,...]=('stub', 'python3', 'async') # kernel spec names; 'stub' is the stub kernel
 
 FULL = Plan()
@@ -681,6 +681,7 @@ async def _json(km:ConKernelManager, name:str, plan:Plan) -> list[dict]:
 
 WS, ZMQ = 'websocket', 'ZMQ, direct'
 WS_UNACKED = f'{WS}, no QUICKACK' # the websocket client with `quickack=False`
+UNACKED_ONE = 50 # requests one at a time in its timed runs, at most: each waits about 40 ms for the delayed ACK
 WS_TRANSPORTS = (ZMQ, WS, WS_UNACKED)
 
 async def _websocket(srv:LocalServer, name:str, plan:Plan) -> list[dict]:
@@ -710,7 +711,7 @@ async def _websocket(srv:LocalServer, name:str, plan:Plan) -> list[dict]:
                 kc = await make().start_channels()
                 try:
                     await pipelined(kc, 100); await settle(kc)
-                    one = min(plan.ws_one, 50) if transport == WS_UNACKED else plan.ws_one
+                    one = min(plan.ws_one, UNACKED_ONE) if transport == WS_UNACKED else plan.ws_one
                     runs = {(transport, 1): (counted((transport, 1), kc, lambda k: one_at_a_time(kc, k)), one, 1),
                             (transport, n): (counted((transport, n), kc, lambda k: pipelined(kc, k)), n, max(1, total // n))}
                     await _time_runs(runs, None, lambda: settle(kc), tally)
@@ -1422,7 +1423,7 @@ def markdown(res:dict) -> str:
             "`RemoteKernelClient` through the server's kernel websocket (v1 protocol), with and without `TCP_QUICKACK`, "
             'and `ConKernelClient` over ZMQ straight to the same kernel, through its connection file. The server runs '
             'kernels unencrypted, as jupyter_server does by default. One at a time, each timed run sends '
-            f"{p['ws_one']:,} requests ({min(p['ws_one'], 50)} without QUICKACK, each waiting for the delayed ACK).", '', *_websocket_md(res['websocket']),
+            f"{p['ws_one']:,} requests ({min(p['ws_one'], UNACKED_ONE)} without QUICKACK, each waiting for the delayed ACK).", '', *_websocket_md(res['websocket']),
             '', '## Websocket libraries', '', "The websocket client library alone, on the stub kernel behind the same "
             "server: a bare client (send v1 messages, read each one's channel and parent msg_id; no routing) on each "
             "library's client, one request at a time (each message acknowledged at once, `TCP_QUICKACK`, as one at a "
@@ -1477,7 +1478,7 @@ def plot(res:dict, path:Path):
         for axis in (ax.yaxis, ax.xaxis): axis.set_major_formatter(plain)
         ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f'{v:,.0f}' if str(round(v))[0] in '25' else ''))
     fig.legend(*rate.get_legend_handles_labels(), loc='lower center', ncol=3, fontsize=9, frameon=False)
-    fig.suptitle(f"conkernelclient benchmark, medians of {res['plan']['rounds']} runs ({res['meta']['machine']})")
+    fig.suptitle(f"conkernelclient benchmark, medians of {res['plan']['rounds']} rounds ({res['meta']['machine']})")
     fig.tight_layout(rect=(0, 0.13, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
