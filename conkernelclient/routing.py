@@ -39,6 +39,7 @@ class Inbox:
         self.maxlen,self.decode,self.dropped = maxlen,decode,0
         self.closed:ConKernelError|None = None
         self._arrived = asyncio.Event()
+        self.on_wait:Callable[[],None]|None = None # called when someone begins waiting for a message not yet here (see `get`)
 
     def __len__(self): return len(self.msgs)
 
@@ -103,6 +104,7 @@ async def get(self:Inbox,
         while not self.msgs:
             if self.closed: raise self.closed
             self._arrived.clear()
+            if self.on_wait is not None: self.on_wait()
             left = None if deadline is None else deadline - time.monotonic()
             try: await asyncio.wait_for(self._arrived.wait(), left)
             except asyncio.TimeoutError: raise Empty from None
@@ -308,6 +310,7 @@ def follow(self:Router, mid:str,
     for msg in self.inbox.taking(mid):
         self._hand(fol, msg)
         if fol.done(): break
+    if not fol.done() and self.inbox.on_wait is not None: self.inbox.on_wait()
     return fol
 
 @patch

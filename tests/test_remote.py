@@ -4,7 +4,8 @@ locally works here (many requests in flight, `run`, stdin, control, subshells, `
 nbclient); and each fault ends in its named error while nothing else is lost: the websocket dropping, the server
 going away, the kernel deleted, killed or restarted, a wrong token, URL or kernel id, the server's rate limit."""
 from __future__ import annotations
-import asyncio, logging, os, signal, subprocess, sys
+import asyncio, contextlib, logging, os, signal, subprocess, sys
+from queue import Empty
 
 import nbformat
 import pytest
@@ -77,6 +78,24 @@ async def test_the_stub_kernel(remote):
     replies = await asyncio.gather(*futs)
     assert [r['parent_header']['msg_id'] for r in replies] == [f.msg_id for f in futs]
     assert all(r['content']['status'] == 'ok' for r in replies)
+
+
+async def test_an_ack_is_owed_only_to_a_waiter(remote):
+    """One request at a time, the read that leaves nothing awaited is not acknowledged at once (the next request carries
+    its ACK, as over ZMQ); a reader that then waits for a message not yet here is acknowledged at once"""
+    km = await remote.kernel(kernel_name='stub')
+    kc = await remote.client(km)
+    if kc.ws.sock is None: pytest.skip("no TCP_QUICKACK here: every read waits for the delayed ACK or the next request")
+    reads, acks = kc.ws.reads, kc.ws.acks
+    for _ in range(20):
+        assert (await kc.execute('pass', reply=True))['content']['status'] == 'ok'
+        assert kc.ws.unacked # the read of its reply: nothing was awaited after it
+    assert (kc.ws.reads - reads) - (kc.ws.acks - acks) >= 20 # a read a request, at least, went unacknowledged
+    kc.iopub_channel.inbox.clear() # the busy and idle nobody read
+    acks = kc.ws.acks
+    with contextlib.suppress(Empty): await kc.get_iopub_msg(timeout=0) # the last idle, if the server's Nagle held it back
+    assert kc.ws.acks == acks + 1 # acknowledged as the reader began to wait
+    assert (await kc.execute('pass', reply=True))['content']['status'] == 'ok' # the websocket carries on
 
 
 async def test_the_standard_api(remote):
