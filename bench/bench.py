@@ -57,8 +57,8 @@ kernels of its own, and `RemoteKernelClient` to kernels of one server through it
 reader (`PicowsWebsocket`, no client at all) on other kernels of that server; every timed run of it sends the same
 number of requests (16,000), so that each pays the garbage collector's full collections alike.
 
-How to read the figures. Each is the median of the rounds (9) in the requests and output tables, of the repeats (5)
-in the others (2 of each with `--quick`), per request: requests per
+How to read the figures. Each is the median of the rounds (9) in the requests, output and *Remote kernels* tables, of
+the repeats (5) in the others (2 of each with `--quick`), per request: requests per
 second, wall µs, and the client's CPU µs (`time.process_time()` of this process, all its threads, ZMQ's I/O thread
 included); the kernel's CPU where psutil sees the kernel process and its total reaches `KERNEL_CPU_MIN`. Ratios
 compare a row's client CPU with the floor's at the same number in flight (ConKernelClient's also with the floor
@@ -110,7 +110,7 @@ RESULTS = Path(__file__).parent/'results' # where the results go, unless `--out`
 @dataclass(frozen=True)
 class Plan:
     "How much one benchmark run measures, and how many times"
-    rounds:int=9 # rounds of the requests and output tables, each client in turn; their rows, whose ratios the targets judge, are medians of these
+    rounds:int=9 # rounds of the requests, output and Remote kernels tables, each client in turn; their rows, whose ratios the targets judge, are medians of these
     repeats:int=5 # timed runs of each other measurement; results are their medians
     stub_batches:tuple[int,...]=(10, 100, 1_000, 10_000) # requests in flight at once, on the stub kernel
     kernel_batches:tuple[int,...]=(10, 100, 1_000) # ... on a real kernel: ipykernel deadlocks near 2,000 queued
@@ -706,7 +706,7 @@ async def _websocket(srv:LocalServer, name:str, plan:Plan) -> list[dict]:
             return ok
         return run
     try:
-        for i in range(plan.repeats): # in turn forwards and backwards, so that no transport always follows the same one
+        for i in range(plan.rounds): # in turn forwards and backwards, so that no transport always follows the same one
             for transport, make in (clients.items() if i % 2 == 0 else reversed(clients.items())):
                 kc = await make().start_channels()
                 try:
@@ -1372,7 +1372,7 @@ def markdown(res:dict) -> str:
     vs = ', '.join(f'{k} {v}' for k, v in m['versions'].items() if v)
     out = ['# conkernelclient benchmark', '',
            f"`{m['command']}` on {m['date']} ({m['machine']}; {vs}; commit {m['commit'] or '?'}). "
-           f"Medians of {p['rounds']} rounds in the requests and output tables, of {p['repeats']} runs in the others. The floor is jupyter_client's `AsyncKernelClient` pipelined: send every "
+           f"Medians of {p['rounds']} rounds in the requests, output and Remote kernels tables, of {p['repeats']} runs in the others. The floor is jupyter_client's `AsyncKernelClient` pipelined: send every "
            "request with `execute()`, then read every reply with `get_shell_msg(timeout=60)`, with no routing; at 1 in flight it "
            "awaits each reply before sending the next. `jupyter_client, no timeout` is the same loop at its cheapest: "
            "`get_shell_msg()` with no timeout, so no timer is set and cancelled for each read. ipykernel and async-kernel run encrypted (CurveZMQ), as "

@@ -182,7 +182,7 @@ def test_websocket(res):
     rows, n = res['websocket'], res['plan']['kernel_batches'][-1]
     assert sorted((r['kernel'], r['transport'], r['in_flight']) for r in rows) == sorted(
         (k, t, i) for k in ('stub', 'python3') for t in ('ZMQ, direct', 'websocket', 'websocket, no QUICKACK') for i in (1, n))
-    assert all(r['answered'] == r['sent'] > 0 and r['cpu_us'] > 0 for r in rows)
+    assert all(r['answered'] == r['sent'] > 0 and r['cpu_us'] > 0 and r['repeats'] == res['plan']['rounds'] for r in rows)
     # the websocket's reads and ACKs are counted: every request needs a read; without QUICKACK none is sent at once
     assert all(('reads' in r) == (r['transport'] != 'ZMQ, direct') for r in rows)
     assert all(r['reads'] > 0 for r in rows if r['transport'] != 'ZMQ, direct')
