@@ -40,6 +40,7 @@ class Inbox:
         self.closed:ConKernelError|None = None
         self._arrived = asyncio.Event()
         self.on_wait:Callable[[],None]|None = None # called when someone begins waiting for a message not yet here (see `get`)
+        self.readers = 0 # `get` calls waiting for a message
 
     def __len__(self): return len(self.msgs)
 
@@ -106,8 +107,10 @@ async def get(self:Inbox,
             self._arrived.clear()
             if self.on_wait is not None: self.on_wait()
             left = None if deadline is None else deadline - time.monotonic()
+            self.readers += 1
             try: await asyncio.wait_for(self._arrived.wait(), left)
             except asyncio.TimeoutError: raise Empty from None
+            finally: self.readers -= 1
         msg = self._open(self.msgs.popleft())
         if msg is not None: return msg
 

@@ -102,7 +102,8 @@ class KernelWebsocket:
         self.heard = time.monotonic() # when the last message came
         self.parts:list[bytes] = [] # the frames so far of a message that came in several
         self.text = False # is that message text (the legacy protocol's JSON)?
-        self.unacked = False # has the socket read what it has not acknowledged yet?
+        self.awaited:int|None = None # replies awaited when the current read of the socket began
+        self.owed = False # did a read leave an ACK owed while nothing was awaited (`_waited` sends it)?
         self.reads, self.acks = 0, 0 # reads of the socket so far; ACKs sent at once (`_ack`)
         self.read_at, self.gap = 0.0, 0.0 # loop time of the last read's end; the time between reads, averaged (`_read_ended`)
         self.watch:asyncio.TimerHandle|None = None # the timer that acknowledges once the socket is quiet (`_quiet`)
@@ -132,7 +133,7 @@ class _Listener(WSListener):
         ws.protocol = 'v1' if transport.response.headers.get('Sec-WebSocket-Protocol') == V1 else 'legacy'
         ws.sock = transport.underlying_transport.get_extra_info('socket') if ws.quickack and _QUICKACK is not None else None
         if ws.sock is not None: ws._ack()
-        ws.parts = []
+        ws.parts, ws.awaited = [], None
 
     def on_ws_frame(self, transport, frame): self.ws._on_frame(transport, frame)
 
@@ -251,6 +252,8 @@ _QUIET, _QUIET_MOST = 0.003, 0.02 # bounds of the seconds without a read after w
 @patch
 def _on_frame(self:KernelWebsocket, transport, frame):
     "Put each message together from its frames and deliver it; at the end of a read, acknowledge it now or later"
+    if self.sock is not None and self.awaited is None: # the read's first frame
+        self.awaited = sum(len(ch.unanswered) for ch in self.channels.values())
     kind = frame.msg_type
     if kind == WSMsgType.BINARY and frame.fin and not self.parts: self._on_message(frame.get_payload_as_bytes()) # the usual case
     elif kind in _DATA:
@@ -267,21 +270,23 @@ def _on_frame(self:KernelWebsocket, transport, frame):
         loop = asyncio.get_running_loop()
         self._read_ended(loop.time())
         if self.sock is None: return
-        awaited = self.awaited()
-        if 0 < awaited <= _FEW: return self._ack()
-        self.unacked = True # with nothing awaited, the next request, or the next to wait (`_waited`), acknowledges it
-        if awaited and self.watch is None: self.watch = loop.call_later(self.quiet_after(), self._quiet, self.reads)
+        began, self.awaited = self.awaited or 0, None
+        if not self.someone_waits(): self.owed = True # the next request carries its ACK, or the next to wait (`_waited`) sends it
+        elif 0 < began <= _FEW: self._ack()
+        else:
+            self.owed = False
+            if self.watch is None: self.watch = loop.call_later(self.quiet_after(), self._quiet, self.reads)
 
 @patch
-def awaited(self:KernelWebsocket) -> int:
-    "Replies and followers awaited now, on all channels: those a message the server's Nagle holds back would keep waiting"
-    return sum(len(ch.unanswered) + len(ch.router.following) for ch in self.channels.values())
+def someone_waits(self:KernelWebsocket) -> bool:
+    "Does anyone wait for a message now: a reply, a follower, a reader of an inbox, on any channel?"
+    return any(ch.unanswered or ch.router.following or ch.inbox.readers for ch in self.channels.values())
 
 @patch
 def _ack(self:KernelWebsocket):
     "Acknowledge what the socket read, now"
     self.acks += 1
-    self.unacked = False
+    self.owed = False
     _quickack(cast(socket.socket, self.sock))
 
 @patch
@@ -298,16 +303,16 @@ def quiet_after(self:KernelWebsocket) -> float:
 
 @patch
 def _quiet(self:KernelWebsocket, reads:int):
-    "The watch on a socket that read `reads` times when it began: acknowledge if no read came since, else watch on while a read is unacknowledged"
+    "The watch on a socket that read `reads` times when it began: acknowledge if no read came since, else watch on"
     self.watch = None
-    if self.sock is None or not self.unacked: return
+    if self.sock is None: return
     if self.reads == reads: self._ack()
     else: self.watch = asyncio.get_running_loop().call_later(self.quiet_after(), self._quiet, self.reads)
 
 @patch
 def _waited(self:KernelWebsocket):
-    "Someone began waiting for a message not yet here: acknowledge the last read now if few are awaited, so the server's Nagle holds nothing back"
-    if self.unacked and self.sock is not None and self.awaited() <= _FEW: self._ack()
+    "Someone began waiting for a message not yet here: send the ACK a read left owed, so the server's Nagle holds nothing back"
+    if self.owed and self.sock is not None: self._ack()
 
 @patch
 def _on_message(self:KernelWebsocket, data:str|bytes):
