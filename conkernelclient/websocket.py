@@ -103,7 +103,7 @@ class KernelWebsocket:
         self.parts:list[bytes] = [] # the frames so far of a message that came in several
         self.text = False # is that message text (the legacy protocol's JSON)?
         self.awaited:int|None = None # replies awaited when the current read of the socket began
-        self.owed = False # did a read leave an ACK owed while nothing was awaited (`_waited` sends it)?
+        self.owed = False # did a read leave an ACK owed while nothing was awaited? (the next write carries it, or `_waited` sends it)
         self.reads, self.acks = 0, 0 # reads of the socket so far; ACKs sent at once (`_ack`)
         self.read_at, self.gap = 0.0, 0.0 # loop time of the last read's end; the time between reads, averaged (`_read_ended`)
         self.watch:asyncio.TimerHandle|None = None # the timer that acknowledges once the socket is quiet (`_quiet`)
@@ -355,6 +355,7 @@ def _write(self:KernelWebsocket, channel:str, msg:dict):
     else: data = legacy_pack(channel, msg)
     if isinstance(data, bytes): self.conn.send(WSMsgType.BINARY, data)
     else: self.conn.send(WSMsgType.TEXT, data.encode())
+    self.owed = False # what it sent carried the ACK
 
 @patch
 def close(self:KernelWebsocket):
