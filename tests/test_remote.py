@@ -16,6 +16,7 @@ from conkernelclient import KernelDiedError, KernelRestartedError
 from conkernelclient.cli import command
 from conkernelclient.stubkernel import stub_spec
 from conkernelclient.remote import RemoteKernelClient, RemoteKernelManager, ReplyLostError
+from conkernelclient.routing import is_idle
 from conkernelclient.server import KernelNotFoundError, LocalServer, Server, ServerAuthError, ServerUnreachableError, call
 from conkernelclient.websocket import ConnectionLostError, ServerGoneError
 from kit import UNINTERRUPTIBLE, Gate, Relay, Remote, ask, check, collect, running, started
@@ -98,7 +99,7 @@ async def test_an_ack_is_owed_only_to_a_waiter(remote):
     assert kc.ws.acks == acks + 1 # acknowledged as the reader began to wait
     acks = kc.ws.acks
     futs = [kc.execute('pass', reply=True) for _ in range(1000)]
-    idle = kc.follow(futs[-1].msg_id, lambda m: m['msg_type'] == 'status' and m['content']['execution_state'] == 'idle')
+    idle = kc.follow(futs[-1].msg_id, is_idle)
     assert all(r['content']['status'] == 'ok' for r in await asyncio.gather(*futs))
     await idle
     assert kc.ws.acks - acks < 100 # an ACK for each read of the stream would be one or more a request
