@@ -39,18 +39,30 @@ class ServerGoneError(ConKernelError):
 # %% ../nbs/07a_websocket.ipynb #bb67e8bd
 V1 = 'v1.kernel.websocket.jupyter.org'
 
+_LAYOUTS = [struct.Struct(f'<{n}Q') for n in range(16)] # the layouts of up to 15 little-endian 8-byte numbers, made once
+
+def _layout(n:int) -> struct.Struct:
+    "The `struct.Struct` of `n` little-endian 8-byte numbers (a message's offsets): one made once for a message of up to 12 frames"
+    return _LAYOUTS[n] if n < len(_LAYOUTS) else struct.Struct(f'<{n}Q')
+
 def v1_pack(channel:str, frames:list[bytes]) -> bytes:
     "The v1 websocket message carrying `frames` on `channel`"
     name = channel.encode()
-    offsets = [8 * (len(frames) + 3)]
-    for part in (name, *frames): offsets.append(offsets[-1] + len(part))
-    return b''.join([struct.pack(f'<{len(offsets) + 1}Q', len(offsets), *offsets), name, *frames])
+    at = 8 * (len(frames) + 3)
+    offsets = [at]
+    for part in (name, *frames):
+        at += len(part)
+        offsets.append(at)
+    return b''.join([_layout(len(offsets) + 1).pack(len(offsets), *offsets), name, *frames])
 
 def v1_unpack(data:bytes) -> tuple[str,list[bytes]]:
     "The channel and frames of v1 websocket message `data`"
-    n = int.from_bytes(data[:8], 'little')
-    offsets = struct.unpack_from(f'<{n}Q', data, 8) # one call for all of them: half the time of reading each
-    return data[offsets[0]:offsets[1]].decode(), [data[offsets[i]:offsets[i + 1]] for i in range(1, n - 1)]
+    offsets = _layout(int.from_bytes(data[:8], 'little')).unpack_from(data, 8) # one call for all of them: half the time of reading each
+    start, frames = offsets[1], []
+    for end in offsets[2:]:
+        frames.append(data[start:end])
+        start = end
+    return data[offsets[0]:offsets[1]].decode(), frames
 
 # %% ../nbs/07a_websocket.ipynb #3df6de26
 def legacy_pack(channel:str, msg:dict) -> str|bytes:
@@ -349,9 +361,10 @@ def _write(self:KernelWebsocket, channel:str, msg:dict):
     if self.conn.is_disconnected or self.conn.is_close_frame_sent: return self.waiting.append((channel, msg))
     data:str|bytes
     if self.protocol == 'v1':
-        pack = lambda part: part if isinstance(part, bytes) else self.session.pack(part) # content may be packed already
-        data = v1_pack(channel, [pack(msg['header']), pack(msg['parent_header']), pack(msg['metadata']),
-                                 pack(msg['content']), *map(bytes, msg.get('buffers') or [])])
+        pack = self.session.pack
+        parts = [p if isinstance(p, bytes) else pack(p) # content may be packed already
+                 for p in (msg['header'], msg['parent_header'], msg['metadata'], msg['content'])]
+        data = v1_pack(channel, [*parts, *map(bytes, msg.get('buffers') or [])])
     else: data = legacy_pack(channel, msg)
     if isinstance(data, bytes): self.conn.send(WSMsgType.BINARY, data)
     else: self.conn.send(WSMsgType.TEXT, data.encode())
