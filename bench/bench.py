@@ -63,7 +63,10 @@ second, wall µs, and the client's CPU µs (`time.process_time()` of this proces
 included); the kernel's CPU where psutil sees the kernel process and its total reaches `KERNEL_CPU_MIN`. Ratios
 compare a row's client CPU with the floor's at the same number in flight (ConKernelClient's also with the floor
 without timeouts and with `jupyter_client + iopub`): below 1× costs less. The targets are judged on the stub kernel,
-except one per real kernel (ConKernelClient against the floor without timeouts). Every run checks that each request
+except one per real kernel (ConKernelClient against the floor without timeouts). A target that compares two rows is
+judged on the ratio of their medians; beside it, *over the rounds* gives the smallest and the largest ratio of the
+two round by round (each round, or repeat, times both in turn), which is how far this machine's noise moves it: a
+ratio whose range spans its limit is not told apart from the limit by this run. Every run checks that each request
 was answered `ok` by its own reply: a row's `answered` equals its `sent` (for the remote peers sharing one client,
 that is what the table counts).
 """
@@ -420,7 +423,7 @@ def _row(kernel:str, client:str, in_flight:int, costs:list[Cost], answered:int) 
     kernel_cpu = used / (n * len(costs)) * 1e6 if used is not None and used >= KERNEL_CPU_MIN else None
     return dict(kernel=kernel, client=client, in_flight=in_flight, requests=n, repeats=len(costs),
                 sent=n * len(costs), answered=answered, requests_per_s=n / wall, wall_us=wall / n * 1e6,
-                cpu_us=cpu / n * 1e6, kernel_cpu_us=kernel_cpu)
+                cpu_us=cpu / n * 1e6, kernel_cpu_us=kernel_cpu, cpu_us_rounds=[c.cpu / n * 1e6 for c in costs])
 
 PLAIN, PLAIN_UNTIMED, PLAIN_IOPUB = 'jupyter_client', 'jupyter_client, no timeout', 'jupyter_client + iopub'
 CON, CON_PAUSED, LIMIT = 'ConKernelClient', 'ConKernelClient, collector paused', 'synchronous limit'
@@ -1161,40 +1164,58 @@ def _commit() -> str|None:
                                cwd=Path(__file__).parent).stdout.strip() or None
     except OSError: return None
 
+
+def _row_of(rows:list[dict], client:str, in_flight:int) -> dict|None:
+    "The row of `client` with `in_flight` requests, if there is one"
+    return next((r for r in rows if r['client'] == client and r['in_flight'] == in_flight), None)
+
 def _cpu_of(rows:list[dict], client:str, in_flight:int) -> float|None:
     "Client CPU µs per request of the row of `client` with `in_flight` requests, if there is one"
-    return next((r['cpu_us'] for r in rows if r['client'] == client and r['in_flight'] == in_flight), None)
+    row = _row_of(rows, client, in_flight)
+    return None if row is None else row['cpu_us']
 
 def _ratio(a:float|None, b:float|None) -> float|None: return None if a is None or b is None else a / b
 
-def _target(name:str, value:float|None, limit:float, unit:str='×') -> dict:
-    return dict(target=name, value=value, limit=limit, unit=unit, met=None if value is None else value <= limit)
+def _target(name:str, value:float|None, limit:float, unit:str='×', spread:tuple[float,float]|None=None) -> dict:
+    return dict(target=name, value=value, limit=limit, unit=unit, met=None if value is None else value <= limit, spread=spread)
+
+def _spread(a:dict|None, b:dict|None) -> tuple[float,float]|None:
+    """The smallest and the largest ratio of row `a`'s client CPU per request to row `b`'s, round by round: both were
+    timed once in each round, in turn, so each round's ratio compares the two on the same machine at the same time"""
+    xs, ys = (a or {}).get('cpu_us_rounds'), (b or {}).get('cpu_us_rounds')
+    if not xs or not ys or len(xs) != len(ys): return None
+    ratios = [x / y for x, y in zip(xs, ys)]
+    return min(ratios), max(ratios)
+
+def _vs(name:str, a:dict|None, b:dict|None, limit:float) -> dict:
+    "Target `name`: row `a`'s client CPU per request (the median of its rounds) over row `b`'s, and that ratio's range over the rounds"
+    return _target(name, _ratio(a and a['cpu_us'], b and b['cpu_us']), limit, spread=_spread(a, b))
 
 def _untimed_target(kernel:str, rows:list[dict], limit:float) -> dict:
     "ConKernelClient's client CPU per request at the largest pipelined batch of `kernel`, vs the floor without timeouts"
     most = max((r['in_flight'] for r in rows if r['client'] == CON), default=0)
-    return _target(f"client CPU per request, {most:,} pipelined, vs the floor without timeouts ({KERNEL_NAMES.get(kernel, kernel)})",
-                   _ratio(_cpu_of(rows, CON, most), _cpu_of(rows, PLAIN_UNTIMED, most)), limit)
+    return _vs(f"client CPU per request, {most:,} pipelined, vs the floor without timeouts ({KERNEL_NAMES.get(kernel, kernel)})",
+               _row_of(rows, CON, most), _row_of(rows, PLAIN_UNTIMED, most), limit)
 
 def _websocket_targets(rows:list[dict]) -> list[dict]:
     "Per kernel behind the server and number in flight: client CPU per request through the websocket, vs ZMQ straight to the kernel"
-    cpu = {(r['kernel'], r['transport'], r['in_flight']): r['cpu_us'] for r in rows}
-    return [_target(f"client CPU per request through the websocket, {n:,} in flight, vs ZMQ direct ({KERNEL_NAMES.get(k, k)})",
-                    _ratio(cpu.get((k, WS, n)), cpu.get((k, ZMQ, n))), 1.0)
+    row = {(r['kernel'], r['transport'], r['in_flight']): r for r in rows}
+    return [_vs(f"client CPU per request through the websocket, {n:,} in flight, vs ZMQ direct ({KERNEL_NAMES.get(k, k)})",
+                row.get((k, WS, n)), row.get((k, ZMQ, n)), 1.0)
             for k, n in dict.fromkeys((r['kernel'], r['in_flight']) for r in rows)]
 
 def _quickack_target(rows:list[dict]) -> list[dict]:
     "The stub kernel's client CPU per request through the websocket at its largest batch, acknowledging at once where needed vs never"
     most = max((r['in_flight'] for r in rows if r['kernel'] == 'stub'), default=0)
-    cpu = {r['transport']: r['cpu_us'] for r in rows if r['kernel'] == 'stub' and r['in_flight'] == most}
-    return [_target(f"client CPU per request through the websocket, {most:,} in flight, with QUICKACK vs without ({KERNEL_NAMES['stub']})",
-                    _ratio(cpu.get(WS), cpu.get(WS_UNACKED)), 1.0)] if cpu else []
+    row = {r['transport']: r for r in rows if r['kernel'] == 'stub' and r['in_flight'] == most}
+    return [_vs(f"client CPU per request through the websocket, {most:,} in flight, with QUICKACK vs without ({KERNEL_NAMES['stub']})",
+                row.get(WS), row.get(WS_UNACKED), 1.0)] if row else []
 
 def _many_targets(rows:list[dict]) -> list[dict]:
     "Per transport: client CPU per request with the most stub kernels driven at once, vs one"
     most = max((r['kernels'] for r in rows), default=0)
-    cpu = {(r['transport'], r['kernels']): r['cpu_us'] for r in rows}
-    return [_target(f"client CPU per request, {most} stub kernels at once vs 1 ({t})", _ratio(cpu.get((t, most)), cpu.get((t, 1))), 1.2)
+    row = {(r['transport'], r['kernels']): r for r in rows}
+    return [_vs(f"client CPU per request, {most} stub kernels at once vs 1 ({t})", row.get((t, most)), row.get((t, 1)), 1.2)
             for t in (ZMQ, WS)] # the bare reader is no client: its rows show what the websocket costs alone
 
 def targets(per_kernel:dict) -> list[dict]:
@@ -1210,10 +1231,11 @@ def targets(per_kernel:dict) -> list[dict]:
     waiting = {r['request']: r for r in stub.get('backlog', [])}
     plain, expr = (waiting.get(k, {}) for k in BACKLOG_REQUESTS)
     unread = next((r for r in stub.get('unread', []) if r['client'] == CON), None)
-    return [_target("client CPU per request, 1,000 pipelined, vs the floor", _ratio(_cpu_of(rows, CON, 1000), _cpu_of(rows, PLAIN, 1000)), 0.5),
-            _target("client CPU per request, 1,000 pipelined, vs the floor without timeouts", _ratio(_cpu_of(rows, CON, 1000), _cpu_of(rows, PLAIN_UNTIMED, 1000)), 0.7),
-            _target("client CPU per request, 1,000 pipelined, vs the synchronous limit", _ratio(_cpu_of(rows, CON, 1000), _cpu_of(rows, LIMIT, 1000)), 1.1),
-            _target(f"client CPU per request, {most:,} vs 100 in flight", _ratio(_cpu_of(rows, CON, most), _cpu_of(rows, CON, 100)), 1.1),
+    con = _row_of(rows, CON, 1000)
+    return [_vs("client CPU per request, 1,000 pipelined, vs the floor", con, _row_of(rows, PLAIN, 1000), 0.5),
+            _vs("client CPU per request, 1,000 pipelined, vs the floor without timeouts", con, _row_of(rows, PLAIN_UNTIMED, 1000), 0.7),
+            _vs("client CPU per request, 1,000 pipelined, vs the synchronous limit", con, _row_of(rows, LIMIT, 1000), 1.1),
+            _vs(f"client CPU per request, {most:,} vs 100 in flight", _row_of(rows, CON, most), _row_of(rows, CON, 100), 1.1),
             _target("heap per outstanding request", heap, 400, 'bytes'),
             _target("heap per execute_request waiting in the backlog", plain.get('bytes'), 100, 'bytes'),
             _target("heap per request with user expressions waiting in the backlog, vs its packed content",
@@ -1245,8 +1267,9 @@ def _table(head:list[str], rows:list[list]) -> list[str]:
 def _targets_md(targets:list[dict]) -> list[str]:
     "The targets table"
     unit = lambda t: t['unit'] if t['unit'] == '×' else f" {t['unit']}"
-    return _table(['target', 'measured', 'limit', 'met'],
-                  [[t['target'], _f(t['value'], '{:,.2f}' + unit(t)), f"≤ {t['limit']:g}{unit(t)}",
+    spread = lambda t: '–' if not t.get('spread') else '{:.2f}–{:.2f}×'.format(*t['spread'])
+    return _table(['target', 'measured', 'over the rounds', 'limit', 'met'],
+                  [[t['target'], _f(t['value'], '{:,.2f}' + unit(t)), spread(t), f"≤ {t['limit']:g}{unit(t)}",
                     {True: 'yes', False: '**no**', None: '–'}[t['met']]] for t in targets])
 
 def _throughput_md(rows:list[dict], kernel:str) -> list[str]:

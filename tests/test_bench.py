@@ -55,6 +55,14 @@ def test_row_and_targets(monkeypatch):
     # a real kernel has a target of its own, against the floor without timeouts at its largest batch; the stub's are unmeasured
     real = b.targets({'python3': fake})
     assert [t['met'] for t in real] == [None] * 10 + [False, None, None] and '(ipykernel)' in real[10]['target']
+    # beside a ratio of two rows' medians, its range round by round (rounds paired in order), where both rows have them
+    rows = [dict(client=CON, in_flight=1000, cpu_us=100, cpu_us_rounds=[90, 100, 130]),
+            dict(client=PLAIN, in_flight=1000, cpu_us=200, cpu_us_rounds=[100, 200, 260])]
+    floor = b.targets({'stub': dict(throughput=rows)})[0]
+    assert (floor['value'], floor['spread']) == (0.5, (0.5, 0.9))
+    assert '| 0.50× | 0.50–0.90× | ≤ 0.5× | yes |' in '\n'.join(b._targets_md([floor]))
+    rows[1]['cpu_us_rounds'] = [200, 200] # not the same rounds: no range
+    assert b.targets({'stub': dict(throughput=rows)})[0]['spread'] is None
 
 
 def test_help():
