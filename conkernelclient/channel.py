@@ -81,25 +81,32 @@ def _decode(self:RoutedChannel, frames:list[bytes], checked:bool) -> dict:
     return self.session.unpack_frames(frames) if checked else self.session.deserialize(frames)
 
 @patch
-def received(self:RoutedChannel, frames:list[bytes]):
-    "Frames in: check one message (its frames after the delimiter) and deliver it; keep what nobody wants; log and skip what cannot be read"
+def _kept(self:RoutedChannel, mid:str|None, frames:list[bytes], checked:bool) -> bool:
+    "Keep a message nobody asked for in the inbox: did a reader of the inbox wait for it?"
+    self.inbox.put_frames(mid, frames, checked)
+    return self.inbox.readers > 0
+
+@patch
+def received(self:RoutedChannel, frames:list[bytes]) -> bool:
+    """Frames in: check one message (its frames after the delimiter) and deliver it; keep what nobody wants; log and
+    skip what cannot be read. Did someone waiting get it (its request, a follower, a reader of the inbox)?"""
     try:
         parent, mid = _parent_of(frames, self.session.per_message.unpack)
-        if self.check_late and mid is not None and not self._wanted(mid):
-            return self.inbox.put_frames(mid, frames, checked=False)
+        if self.check_late and mid is not None and not self._wanted(mid): return self._kept(mid, frames, checked=False)
         self.session.check(frames)
         if parent is None: parent = self.session.per_message.unpack(frames[2]) or {} # xeus sends a null parent for none
         mid = parent.get('msg_id')
         if not (mid is None or isinstance(mid, str)): raise TypeError(f"parent msg_id is a {type(mid).__name__}")
-        if mid is None and self.session.unpack(frames[1]).get('msg_type') == 'iopub_welcome': return
-        if not self._wanted(mid): return self.inbox.put_frames(mid, frames, checked=True)
+        if mid is None and self.session.unpack(frames[1]).get('msg_type') == 'iopub_welcome': return False
+        if not self._wanted(mid): return self._kept(mid, frames, checked=True)
         msg = self.session.unpack_frames(frames, parent)
     except Exception as e:
         if isinstance(e, SignatureError): self.forged = e
         log.warning("skipped an unreadable message: %r", e)
-        return
+        return False
     self._answered(mid)
     self.router.deliver(msg)
+    return True
 
 
 # %% ../nbs/04_channel.ipynb #0af9930a

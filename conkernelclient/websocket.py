@@ -6,7 +6,7 @@ Docs: https://conkernelclient.github.io/conkernelclient/websocket.html.md"""
 
 # %% ../nbs/07a_websocket.ipynb #ab070004
 from __future__ import annotations
-import asyncio, base64, errno, io, json, logging, os, socket, ssl, struct, time
+import asyncio, base64, errno, io, json, logging, os, socket, ssl, struct, time, weakref
 from typing import Callable, cast
 
 from fastcore.basics import patch
@@ -115,6 +115,8 @@ class KernelWebsocket:
         self.parts:list[bytes] = [] # the frames so far of a message that came in several
         self.text = False # is that message text (the legacy protocol's JSON)?
         self.awaited:int|None = None # replies awaited when the current read of the socket began
+        self.fed = False # did the current read hand a message to someone waiting for it?
+        self.rests = 0 # reads after which the connection rested from reading (`_rest`)
         self.owed = False # did a read leave an ACK owed while nothing was awaited? (the next write carries it, or `_waited` sends it)
         self.reads, self.acks = 0, 0 # reads of the socket so far; ACKs sent at once (`_ack`)
         self.read_at, self.gap = 0.0, 0.0 # loop time of the last read's end; the time between reads, averaged (`_read_ended`)
@@ -260,11 +262,14 @@ async def _run(self:KernelWebsocket):
 _DATA = (WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CONTINUATION)
 _FEW = 4 # requests awaiting replies, at most, for a read to be acknowledged at once
 _QUIET, _QUIET_MOST = 0.003, 0.02 # bounds of the seconds without a read after which what came last is acknowledged (the delayed ACK's is 0.04)
+_MANY = 100 # replies awaited, at least, for a read that fed someone to rest after it
+_REST = 0.005 # seconds a connection rests from reading after a read of a stream that fed no one waiting
+_RESTING:weakref.WeakKeyDictionary = weakref.WeakKeyDictionary() # the transports resting on each event loop, resumed together
 
 @patch
 def _on_frame(self:KernelWebsocket, transport, frame):
     "Put each message together from its frames and deliver it; at the end of a read, acknowledge it now or later"
-    if self.sock is not None and self.awaited is None: # the read's first frame
+    if self.awaited is None: # the read's first frame
         self.awaited = sum(len(ch.unanswered) for ch in self.channels.values())
     kind = frame.msg_type
     if kind == WSMsgType.BINARY and frame.fin and not self.parts: self._on_message(frame.get_payload_as_bytes()) # the usual case
@@ -281,9 +286,11 @@ def _on_frame(self:KernelWebsocket, transport, frame):
     if frame.last_in_buffer:
         loop = asyncio.get_running_loop()
         self._read_ended(loop.time())
+        began, fed, self.awaited, self.fed = self.awaited or 0, self.fed, None, False
+        waits = self.someone_waits()
+        if waits and (began > _MANY or (began == 0 and not fed)) and self.gap < _QUIET_MOST: self._rest(transport.underlying_transport, loop)
         if self.sock is None: return
-        began, self.awaited = self.awaited or 0, None
-        if not self.someone_waits(): self.owed = True # the next request carries its ACK, or the next to wait (`_waited`) sends it
+        if not waits: self.owed = True # the next request carries its ACK, or the next to wait (`_waited`) sends it
         elif 0 < began <= _FEW: self._ack()
         else:
             self.owed = False
@@ -293,6 +300,20 @@ def _on_frame(self:KernelWebsocket, transport, frame):
 def someone_waits(self:KernelWebsocket) -> bool:
     "Does anyone wait for a message now: a reply, a follower, a reader of an inbox, on any channel?"
     return any(ch.unanswered or ch.router.following or ch.inbox.readers for ch in self.channels.values())
+
+@patch
+def _rest(self:KernelWebsocket, transport:asyncio.Transport, loop:asyncio.AbstractEventLoop):
+    "Stop reading `transport` until every connection resting on `loop` resumes, `_REST` s after the first of them began"
+    self.rests += 1
+    transport.pause_reading()
+    resting = _RESTING.setdefault(loop, [])
+    resting.append(transport)
+    if len(resting) == 1: loop.call_later(_REST, _resume, resting)
+
+def _resume(resting:list[asyncio.Transport]):
+    "Read again from every transport of `resting` (one closed meanwhile ignores it)"
+    for transport in resting: transport.resume_reading()
+    resting.clear()
 
 @patch
 def _ack(self:KernelWebsocket):
@@ -337,7 +358,7 @@ def _on_message(self:KernelWebsocket, data:str|bytes):
         log.warning("skipped an unreadable websocket message: %r", e)
         return
     if name == 'iopub' and frames[1] == b'{}' and self.on_status is not None: self._status(frames)
-    ch.received([b'', *frames]) # unsigned: the server checked the kernel's signature
+    if ch.received([b'', *frames]): self.fed = True # unsigned: the server checked the kernel's signature
 
 @patch
 def _status(self:KernelWebsocket, frames:list[bytes]):

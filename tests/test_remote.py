@@ -105,6 +105,23 @@ async def test_an_ack_is_owed_only_to_a_waiter(remote):
     assert kc.ws.acks - acks < 100 # an ACK for each read of the stream would be one or more a request
 
 
+async def test_a_connection_rests_only_behind_a_stream(remote):
+    """One request at a time (a reply, or a run's output, always awaited) never rests from reading; a pipelined batch,
+    deep and then trailing its iopub stream behind its replies, does, and every reply and the last `idle` still arrive"""
+    km = await remote.kernel(kernel_name='stub')
+    kc = await remote.client(km)
+    rests = kc.ws.rests
+    for _ in range(20): assert (await kc.execute('pass', reply=True))['content']['status'] == 'ok'
+    for _ in range(5): assert (await kc.run('pass')).reply['content']['status'] == 'ok'
+    assert kc.ws.rests == rests
+    futs = [kc.execute('pass', reply=True) for _ in range(1000)]
+    idle = kc.follow(futs[-1].msg_id, is_idle)
+    assert all(r['content']['status'] == 'ok' for r in await asyncio.gather(*futs))
+    assert is_idle(await idle)
+    assert kc.ws.rests > rests
+    assert (await kc.execute('pass', reply=True))['content']['status'] == 'ok' # reading again after its last rest
+
+
 async def test_the_standard_api(remote):
     "get_pubs, execute_interactive and input() behave as they do locally"
     km = await remote.kernel()
