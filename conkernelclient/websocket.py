@@ -263,12 +263,12 @@ _DATA = (WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CONTINUATION)
 _FEW = 4 # requests awaiting replies, at most, for a read to be acknowledged at once
 _QUIET, _QUIET_MOST = 0.003, 0.02 # bounds of the seconds without a read after which what came last is acknowledged (the delayed ACK's is 0.04)
 _MANY = 100 # replies awaited, at least, for a read that fed someone to rest after it
-_REST = 0.005 # seconds a connection rests from reading after a read of a stream that fed no one waiting
+_REST = 0.005 # seconds a connection rests from reading behind a stream, or deep in a pipeline (`_on_frame`)
 _RESTING:weakref.WeakKeyDictionary = weakref.WeakKeyDictionary() # the transports resting on each event loop, resumed together
 
 @patch
 def _on_frame(self:KernelWebsocket, transport, frame):
-    "Put each message together from its frames and deliver it; at the end of a read, acknowledge it now or later"
+    "Put each message together from its frames and deliver it; at the end of a read, rest from reading or not, and acknowledge it now or later"
     if self.awaited is None: # the read's first frame
         self.awaited = sum(len(ch.unanswered) for ch in self.channels.values())
     kind = frame.msg_type
