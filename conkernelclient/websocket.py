@@ -147,7 +147,7 @@ class _Listener(WSListener):
         ws.protocol = 'v1' if transport.response.headers.get('Sec-WebSocket-Protocol') == V1 else 'legacy'
         ws.sock = transport.underlying_transport.get_extra_info('socket') if ws.quickack and _QUICKACK is not None else None
         if ws.sock is not None: ws._ack()
-        ws.parts, ws.awaited = [], None
+        ws.parts, ws.awaited, ws.fed = [], None, False
 
     def on_ws_frame(self, transport, frame): self.ws._on_frame(transport, frame)
 
