@@ -6,7 +6,7 @@ Docs: https://conkernelclient.github.io/conkernelclient/channel.html.md"""
 
 # %% ../nbs/04_channel.ipynb #e7a40004
 from __future__ import annotations
-import asyncio, logging
+import asyncio, itertools, logging
 from collections import deque
 from typing import Awaitable, Callable, cast
 
@@ -417,23 +417,44 @@ def transmit(self:ZMQChannel, msg:dict):
     self._soon()
 
 
+# %% ../nbs/04_channel.ipynb #c41f5b93
+_LET_GO = 1000 # ms a close waits for libzmq to destroy the socket and its connections
+_monitors = itertools.count() # numbers the inproc address of each closing socket's monitor
+
+def let_go(sock:zmq.Socket, timeout:int=_LET_GO) -> bool:
+    "Close `sock` with linger 0; True once libzmq has destroyed it and its connections, False if closed already or past `timeout` ms (warned)"
+    if sock.closed: return False # closed by someone else (a context's `destroy`): nothing left to watch
+    addr = f'inproc://conkernelclient.let-go.{next(_monitors)}'
+    try: sock.monitor(addr, zmq.EVENT_MONITOR_STOPPED)
+    except zmq.ContextTerminated: # the context is ending, and takes no new monitor: its `term` waits for this close
+        sock.close(linger=0)
+        return False
+    mon = zmq.Socket(sock.context, zmq.PAIR)
+    try:
+        mon.connect(addr)
+        sock.close(linger=0)
+        gone = bool(mon.poll(timeout))
+    finally: mon.close(linger=0)
+    if not gone: log.warning("libzmq still held the connections of %s %d ms after closing it", sock, timeout)
+    return gone
+
 # %% ../nbs/04_channel.ipynb #7ab7a027
 @patch
 def reconnect(self:ZMQChannel, socket:zmq.asyncio.Socket):
-    "Swap in `socket` for the channel's socket, whose unsent messages are discarded, and restart the reader; the router stays"
+    "Swap in `socket` for the channel's socket, which it lets go of (`let_go`: its unsent messages are dropped), and restart the reader; the router stays"
     self._unwatch()
-    self.socket.close(linger=0)
+    let_go(self.socket)
     self.socket = socket
     if self.loop is None: self.start()
     else: self._watch()
 
 @patch
 def close(self:ZMQChannel, exc:ConKernelError|None=None):
-    "`RoutedChannel.close`, then stop the reader and close the socket"
+    "`RoutedChannel.close`, then stop the reader and let go of the socket (`let_go`)"
     RoutedChannel.close(self, exc)
     self._unwatch()
     if self.socket is not None:
-        self.socket.close(linger=0)
+        let_go(self.socket)
         self.socket = None # type: ignore[assignment] # closed: jupyter_client's own `close` leaves None there too
 
 ZMQChannel.stop = ZMQChannel.close
