@@ -434,20 +434,20 @@ async def test_stop_on_error_aborts_are_the_kernels_replies(connect, gate):
 
 @pytest.mark.timeout(30)
 async def test_interrupt(km, connect):
-    "interrupt_kernel during time.sleep(10): its waiter gets the kernel's KeyboardInterrupt reply; the client works on"
+    "interrupt_kernel during a 10 s sleep: its waiter gets the kernel's KeyboardInterrupt reply; the client works on"
     kc = await connect()
     # stop_on_error=False: ipykernel 7 stops aborting only some time after it sent the error reply, so requests sent
-    # once that reply is in could still be aborted
-    slow = kc.execute("import time; print('sleeping', flush=True); time.sleep(10)", reply=True, timeout=None,
-                      stop_on_error=False)
+    # once that reply is in could still be aborted. The sleep is a hundred short ones: a SIGINT that the kernel's
+    # process hands to a thread other than the main one does not cut a sleep short, and is seen at the next
+    # (one CI run on Python 3.12 saw one long sleep run to its end after the interrupt)
+    code = "import time; print('sleeping', flush=True)\nfor _ in range(100): time.sleep(0.1)\nprint('slept')"
+    slow = kc.execute(code, reply=True, timeout=None, stop_on_error=False)
     # its output shows the user code runs: ipykernel may swallow an interrupt that comes before (after execute_input)
     await running(kc, slow, 'stream')
-    t0 = time.monotonic()
     await km.interrupt_kernel()
     reply = await slow
-    assert time.monotonic() - t0 < 10, "the sleep ran to its end"
     assert reply['parent_header']['msg_id'] == slow.msg_id
-    assert reply['content']['status'] == 'error' and reply['content']['ename'] == 'KeyboardInterrupt'
+    assert (reply['content']['status'], reply['content'].get('ename')) == ('error', 'KeyboardInterrupt')
     futs = [ask(kc, f'{i}*{i}') for i in range(10)]
     for i, fut in enumerate(futs): check(await fut, fut, i*i)
     assert kc.in_flight == 0
