@@ -422,7 +422,7 @@ _LET_GO = 1000 # ms a close waits for libzmq to destroy the socket and its conne
 _monitors = itertools.count() # numbers the inproc address of each closing socket's monitor
 
 def let_go(sock:zmq.Socket, timeout:int=_LET_GO) -> bool:
-    "Close `sock` with linger 0; True once libzmq has destroyed it and its connections, False if closed already or past `timeout` ms (warned)"
+    "Close `sock` with linger 0; True once libzmq has destroyed it (its connections have ended), False if closed already or past `timeout` ms (warned)"
     if sock.closed: return False # closed by someone else (a context's `destroy`): nothing left to watch
     addr = f'inproc://conkernelclient.let-go.{next(_monitors)}'
     try: sock.monitor(addr, zmq.EVENT_MONITOR_STOPPED)
